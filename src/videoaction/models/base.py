@@ -1,0 +1,165 @@
+"""The interface every model family implements, and the registry that finds a family by name.
+
+Training, evaluation, serving and benchmarks only talk to this interface, so a new family (VPP, HMA, ...)
+plugs in by subclassing :class:`Policy` and adding one line to :data:`FAMILIES`.
+
+Observation convention for ``predict_action`` (raw, un-normalised, batched):
+
+* image keys: uint8 ``(B, T_obs, H, W, 3)`` frames as the environment renders them, oldest first;
+* low-dim keys (e.g. ``agent_pos``): float32 ``(B, T_obs, D)``;
+* optional ``language``: a list of B strings.
+
+``T_obs`` is :meth:`Policy.observation_spec`'s leading dimension. The reply holds un-normalised actions:
+``action`` ``(B, n_action_steps, A)`` (what to execute) and ``action_pred`` ``(B, horizon, A)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from videoaction.data.errors import VideoActionError
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+
+# family name -> "module:Class"; imported lazily so that `videoaction --help` stays fast.
+FAMILIES: dict[str, str] = {
+    "uva": "videoaction.models.uva.policy:UVAPolicy",
+    "dp": "videoaction.models.dp.policy:DiffusionPolicy",
+}
+
+
+@dataclass(frozen=True)
+class ObsSpec:
+    """Shape (history dimension included, batch excluded) and dtype of one observation key."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar, differentiable
+    terms: dict[str, float]  # detached named parts (e.g. video_loss, action_loss) for logging
+
+
+class Policy(nn.Module):
+    """Base class of all model families. Subclasses set ``family`` and implement the abstract methods."""
+
+    family: ClassVar[str] = ""
+    config_class: ClassVar[type] = object  # the family's model config dataclass
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+
+    # --- training -----------------------------------------------------------------------------
+    def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> LossOutput:
+        raise NotImplementedError
+
+    # --- inference ----------------------------------------------------------------------------
+    def predict_action(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def observation_spec(self) -> dict[str, ObsSpec]:
+        """What one (unbatched) observation must hold for ``predict_action``."""
+        raise NotImplementedError
+
+    @property
+    def action_dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def n_action_steps(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def horizon(self) -> int:
+        raise NotImplementedError
+
+    def metadata(self) -> dict:
+        """Facts a robot-side client needs (served on connect)."""
+        return {
+            "model_family": self.family,
+            "observation": {k: v.to_json() for k, v in self.observation_spec().items()},
+            "action_dim": self.action_dim,
+            "action_horizon": self.horizon,
+            "n_action_steps": self.n_action_steps,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # --- persistence --------------------------------------------------------------------------
+    def save_pretrained(self, directory, config_dict: Mapping[str, Any] | None = None, ema: nn.Module | None = None) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (+ ``ema.safetensors``) atomically into ``directory``."""
+        from videoaction.utils.io import atomic_write_json, save_state_dict
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = dict(config_dict) if config_dict is not None else {"model": _as_dict(self.config)}
+        cfg["family"] = self.family
+        save_state_dict(self.state_dict(), directory / MODEL_FILE)
+        if ema is not None:
+            save_state_dict(ema.state_dict(), directory / EMA_FILE)
+        atomic_write_json(directory / CONFIG_FILE, cfg)
+
+    @classmethod
+    def from_checkpoint(cls, directory, cfg: Mapping[str, Any], prefer_ema: bool = True,
+                        map_location: str | torch.device = "cpu") -> "Policy":
+        """Build the model from ``cfg["model"]`` and load its weights strictly."""
+        from videoaction.config import from_dict
+        from videoaction.utils.io import load_state_dict
+
+        directory = Path(directory)
+        model = cls(from_dict(cls.config_class, cfg["model"], where=str(directory / CONFIG_FILE) + ":model"))
+        weights = directory / (EMA_FILE if prefer_ema and (directory / EMA_FILE).is_file() else MODEL_FILE)
+        state = load_state_dict(weights, map_location=map_location)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise VideoActionError(f"{weights}: weights do not match the {cls.family} model in its config: "
+                                   f"missing {sorted(missing)[:10]}{'...' if len(missing) > 10 else ''}, "
+                                   f"unexpected {sorted(unexpected)[:10]}{'...' if len(unexpected) > 10 else ''}")
+        return model.to(map_location).eval()
+
+
+def _as_dict(config: Any) -> dict:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+
+
+def family_class(name: str) -> type[Policy]:
+    if name not in FAMILIES:
+        raise VideoActionError(f"unknown model family {name!r}; known families: {sorted(FAMILIES)}")
+    module, cls = FAMILIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def read_checkpoint_config(directory) -> dict:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise VideoActionError(f"{directory}: not a checkpoint directory (no {CONFIG_FILE})")
+    with open(path) as f:
+        cfg = json.load(f)
+    if "family" not in cfg:
+        raise VideoActionError(f"{path}: missing key 'family' (expected one of {sorted(FAMILIES)})")
+    return cfg
+
+
+def load_policy(directory, prefer_ema: bool = True, map_location: str | torch.device = "cpu") -> Policy:
+    """Load any family's policy from a checkpoint directory (EMA weights when present and preferred)."""
+    cfg = read_checkpoint_config(directory)
+    cls = family_class(cfg["family"])
+    return cls.from_checkpoint(directory, cfg, prefer_ema=prefer_ema, map_location=map_location)
