@@ -59,11 +59,11 @@ class Policy(nn.Module):
     """Base class of all model families. Subclasses set ``family`` and implement the abstract methods."""
 
     family: ClassVar[str] = ""
-    config_class: ClassVar[type] = object  # the family's model config dataclass
+    config_class: ClassVar[type] = object  # the family's RunConfig subclass
 
-    def __init__(self, config: Any):
+    def __init__(self, cfg: Any):
         super().__init__()
-        self.config = config
+        self.cfg = cfg  # the full resolved RunConfig (model, dataset, ...)
 
     # --- training -----------------------------------------------------------------------------
     def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> LossOutput:
@@ -110,7 +110,7 @@ class Policy(nn.Module):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        cfg = dict(config_dict) if config_dict is not None else {"model": _as_dict(self.config)}
+        cfg = dict(config_dict) if config_dict is not None else _as_dict(self.cfg)
         cfg["family"] = self.family
         save_state_dict(self.state_dict(), directory / MODEL_FILE)
         if ema is not None:
@@ -120,12 +120,12 @@ class Policy(nn.Module):
     @classmethod
     def from_checkpoint(cls, directory, cfg: Mapping[str, Any], prefer_ema: bool = True,
                         map_location: str | torch.device = "cpu") -> "Policy":
-        """Build the model from ``cfg["model"]`` and load its weights strictly."""
+        """Build the model from the stored run config and load its weights strictly."""
         from videoaction.config import from_dict
         from videoaction.utils.io import load_state_dict
 
         directory = Path(directory)
-        model = cls(from_dict(cls.config_class, cfg["model"], where=str(directory / CONFIG_FILE) + ":model"))
+        model = cls(from_dict(cls.config_class, cfg, where=str(directory / CONFIG_FILE)))
         weights = directory / (EMA_FILE if prefer_ema and (directory / EMA_FILE).is_file() else MODEL_FILE)
         state = load_state_dict(weights, map_location=map_location)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -137,7 +137,9 @@ class Policy(nn.Module):
 
 
 def _as_dict(config: Any) -> dict:
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    from videoaction.config import to_dict
+
+    return to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
 
 
 def family_class(name: str) -> type[Policy]:
