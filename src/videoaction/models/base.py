@@ -69,6 +69,17 @@ class Policy(nn.Module):
     def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> LossOutput:
         raise NotImplementedError
 
+    def set_normalizer(self, normalizer) -> None:
+        """Copy fitted statistics into ``self.normalizer`` (same fields and dims)."""
+        own = self.normalizer.fields
+        for name, field in normalizer.fields.items():
+            if name in own:
+                if own[name].dim != field.dim:
+                    raise VideoActionError(f"normaliser field {name!r}: the model expects dimension {own[name].dim}, "
+                                           f"the data has {field.dim}")
+                own[name].load_state_dict(field.state_dict())
+                own[name].mode = field.mode
+
     # --- inference ----------------------------------------------------------------------------
     def predict_action(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
