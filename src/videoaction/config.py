@@ -49,6 +49,7 @@ class DatasetConfig:
     action_key: str = "action"
     state_dims: int | None = 2  # use the first k dims of the state as proprioception (PushT: agent xy)
     language_key: str | None = None  # per-episode metadata column with an instruction
+    latent_key: str = "latent"  # a latent store (``videoaction encode``) holds frames under this key instead
     horizon: int = 32
     pad_before: int = 1
     pad_after: int = 7

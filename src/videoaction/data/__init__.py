@@ -1,0 +1,1 @@
+"""Episode stores, sequence sampling, normalisation and image transforms."""

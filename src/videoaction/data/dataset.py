@@ -1,0 +1,149 @@
+"""Torch dataset of training windows cut from an episode store (or from its latent cache).
+
+Each item (see docs/interfaces.md) holds canonical keys whatever the store calls them:
+``image`` (F, 3, S, S) in [-1, 1] *or* ``latent`` (F, C, h, w), ``action`` (T, A), ``state`` (T, Ds),
+``is_pad`` (T,), ``frame_index`` (F,), ``episode`` and optionally ``language``.
+Augmentation randomness is a pure function of (seed, epoch, item index), so results do not depend on the
+number of loader workers and a resumed run sees exactly the same samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from videoaction.config import DatasetConfig
+from videoaction.data.errors import StoreError
+from videoaction.data.normalizer import Normalizer
+from videoaction.data.sampler import SequenceSampler, frame_positions, split_episodes
+from videoaction.data.store import EpisodeStore
+from videoaction.data.transforms import transform_frames
+
+IN_MEMORY_LIMIT_BYTES = 4 << 30  # frames below this size are decompressed once into RAM
+
+
+class SequenceDataset(Dataset):
+    def __init__(self, store: EpisodeStore | str | Path, cfg: DatasetConfig, split: str = "train",
+                 augment: bool | None = None, seed: int = 0):
+        if split not in ("train", "val", "all"):
+            raise ValueError(f"split must be train, val or all, got {split!r}")
+        self.store = store if isinstance(store, EpisodeStore) else EpisodeStore.open(store)
+        self.cfg, self.split, self.seed, self.epoch = cfg, split, seed, 0
+        self.augment = (split == "train") if augment is None else augment
+        keys = self.store.keys
+        self.use_latents = cfg.latent_key in keys and cfg.image_key not in keys
+        self.frame_key = cfg.latent_key if self.use_latents else cfg.image_key
+        required = [self.frame_key, cfg.action_key] + ([cfg.state_key] if cfg.state_key else [])
+        for key in required:
+            if key not in keys:
+                raise StoreError(self.store.path, "missing data key required by the dataset config",
+                                 key=f"data/{key}", expected=f"keys {required}", found=keys)
+        self._check_shapes()
+        if self.store.n_episodes == 0:
+            raise StoreError(self.store.path, "store has no episodes")
+        train, val = split_episodes(self.store.n_episodes, cfg.val_ratio, cfg.split_seed, cfg.max_train_episodes)
+        self.episode_mask = {"train": train, "val": val, "all": np.ones_like(train)}[split]
+        self.sampler = SequenceSampler(self.store.episode_ends, cfg.horizon, cfg.pad_before, cfg.pad_after,
+                                       self.episode_mask)
+        self.frame_pos = frame_positions(cfg.frames, cfg.horizon)  # validates the selection fits the window
+        self.action = self.store.to_numpy([cfg.action_key])[cfg.action_key].astype(np.float32)
+        self.state = None
+        if cfg.state_key:
+            state = self.store.to_numpy([cfg.state_key])[cfg.state_key].astype(np.float32)
+            self.state = state[:, : cfg.state_dims] if cfg.state_dims else state
+        arr = self.store.array(self.frame_key)
+        nbytes = self.store.n_steps * int(np.prod(arr.shape[1:])) * arr.dtype.itemsize
+        self.frames = self.store.to_numpy([self.frame_key])[self.frame_key] if nbytes <= IN_MEMORY_LIMIT_BYTES else None
+        self.language = None
+        if cfg.language_key:
+            self.language = [str(v) for v in self.store.meta_column(cfg.language_key)]
+
+    def _check_shapes(self) -> None:
+        cfg, path = self.cfg, self.store.path
+        shape, dtype = self.store.spec(self.frame_key)
+        if self.use_latents:
+            if len(shape) != 3:
+                raise StoreError(path, "latent frames must be (C, h, w) per step", key=f"data/{self.frame_key}",
+                                 found=shape)
+        elif len(shape) != 3 or shape[-1] not in (1, 3, 4):
+            raise StoreError(path, "images must be (H, W, 3) per step", key=f"data/{self.frame_key}",
+                             expected="(H, W, 3) uint8", found=f"{shape} {dtype}")
+        elif dtype != np.uint8 and dtype.kind != "f":
+            raise StoreError(path, "images must be uint8 (or float 0-255)", key=f"data/{self.frame_key}",
+                             expected="uint8", found=str(dtype))
+        a_shape, a_dtype = self.store.spec(cfg.action_key)
+        if len(a_shape) != 1 or a_dtype.kind not in "fiu":
+            raise StoreError(path, "actions must be a numeric vector per step", key=f"data/{cfg.action_key}",
+                             expected="(A,) float", found=f"{a_shape} {a_dtype}")
+        if cfg.state_key:
+            s_shape, s_dtype = self.store.spec(cfg.state_key)
+            if len(s_shape) != 1 or s_dtype.kind not in "fiu":
+                raise StoreError(path, "state must be a numeric vector per step", key=f"data/{cfg.state_key}",
+                                 expected="(D,) float", found=f"{s_shape} {s_dtype}")
+            if cfg.state_dims and cfg.state_dims > s_shape[0]:
+                raise StoreError(path, f"dataset.state_dims={cfg.state_dims} exceeds the state size",
+                                 key=f"data/{cfg.state_key}", expected=f">= {cfg.state_dims} dims", found=s_shape)
+
+    # ------------------------------------------------------------------------------------------ sizes
+    @property
+    def action_dim(self) -> int:
+        return int(self.action.shape[-1])
+
+    @property
+    def state_dim(self) -> int:
+        return 0 if self.state is None else int(self.state.shape[-1])
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        return tuple(self.store.spec(self.frame_key)[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def fit_normalizer(self) -> Normalizer:
+        """Statistics of every step of this split's episodes (fit on the training split)."""
+        steps = np.zeros(self.store.n_steps, dtype=bool)
+        starts = self.store.episode_starts
+        for ep in np.nonzero(self.episode_mask)[0]:
+            steps[starts[ep]: self.store.episode_ends[ep]] = True
+        arrays = {"action": self.action[steps]}
+        modes = {"action": self.cfg.action_norm}
+        if self.state is not None:
+            arrays["state"], modes["state"] = self.state[steps], self.cfg.state_norm
+        return Normalizer.fit_arrays(arrays, modes)
+
+    # ------------------------------------------------------------------------------------------ items
+    def _read_frames(self, idx: np.ndarray) -> np.ndarray:
+        if self.frames is not None:
+            return self.frames[idx]
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        return self.store.array(self.frame_key).oindex[uniq][inverse]
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.augment else None
+        buf_idx, is_pad = self.sampler.positions(i)
+        frame_pos = frame_positions(self.cfg.frames, self.cfg.horizon, rng) if rng is not None else self.frame_pos
+        frames = self._read_frames(buf_idx[frame_pos])
+        item = {
+            "action": torch.from_numpy(self.action[buf_idx]),
+            "is_pad": torch.from_numpy(is_pad),
+            "frame_index": torch.from_numpy(frame_pos),
+            "episode": self.sampler.episode(i),
+        }
+        if self.use_latents:
+            item["latent"] = torch.from_numpy(np.asarray(frames, dtype=np.float32))
+        else:
+            item["image"] = transform_frames(frames, self.cfg, rng)
+        if self.state is not None:
+            item["state"] = torch.from_numpy(self.state[buf_idx])
+        if self.language is not None:
+            item["language"] = self.language[self.sampler.episode(i)]
+        return item
