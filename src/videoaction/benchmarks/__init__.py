@@ -1,0 +1,1 @@
+"""Benchmarks behind `videoaction bench`: each module exposes `run(quick: bool)`."""
