@@ -1,0 +1,313 @@
+"""Self-contained HTML report of a run: ``report.html`` plus its mp4 / png files in one directory.
+
+Sections: headline table (model next to baselines), success per task and per seed, rollout videos, predicted-vs-real
+video grids, training curves (from a run's ``metrics.jsonl``), the run config, versions and protocol.
+No external CSS / JS / fonts: the directory can be copied or zipped as is.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from videoaction.data.errors import VideoActionError
+from videoaction.utils.io import atomic_write_bytes
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
+padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
+td.l,th.l{text-align:left}.ok{color:#0a7d27;font-weight:600}.bad{color:#b3261e}
+.media{display:flex;flex-wrap:wrap;gap:12px}.media figure{margin:0}
+video,img.frame{image-rendering:pixelated;border:1px solid #ccc}
+figcaption{font-size:.8em;color:#555}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.8em}
+.note{color:#555;font-size:.9em}
+"""
+
+# Marks how many images / videos actually decoded (body data-images-loaded / data-videos-loaded = "ok/total"),
+# so a headless browser check can tell a broken media file from a working one.
+MEDIA_CHECK_JS = """
+window.addEventListener('load',function(){var b=document.body;
+var im=Array.prototype.slice.call(document.images);
+b.dataset.imagesLoaded=im.filter(function(i){return i.complete&&i.naturalWidth>0;}).length+'/'+im.length;
+var vs=Array.prototype.slice.call(document.querySelectorAll('video'));var n=0;
+function upd(){b.dataset.videosLoaded=n+'/'+vs.length;}
+vs.forEach(function(v){if(v.readyState>=1&&v.videoWidth>0){n++;}else{v.addEventListener('loadedmetadata',
+function(){if(v.videoWidth>0){n++;upd();}});}});upd();});
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "n/a"
+        if math.isinf(v):
+            return "inf"
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
+    if v is None:
+        return "–"
+    return str(v)
+
+
+def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, cls: str = "") -> str:
+    """A <table> from a list of dicts (columns: union of keys in order unless given)."""
+    if not rows:
+        return "<p class='note'>(no rows)</p>"
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th class='{'l' if i == 0 else ''}'>{_e(c)}</th>" for i, c in enumerate(columns))
+    body = []
+    for r in rows:
+        cells = []
+        for i, c in enumerate(columns):
+            v = r.get(c)
+            klass = "l" if i == 0 or isinstance(v, str) else ""
+            if isinstance(v, bool):
+                klass += " ok" if v else " bad"
+            text = v[5:] if isinstance(v, str) and v.startswith("html:") else _e(_fmt(v))
+            cells.append(f"<td class='{klass.strip()}'>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _headline_rows(results: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]] | None) -> list[dict]:
+    named = [(results.get("name") or results.get("policy") or "model", results)]
+    named += list((baselines or {}).items())
+    rows = []
+    for name, res in named:
+        m = res.get("metrics", {})
+        row = {"policy": name, "env": res.get("env"), "episodes": m.get("n_episodes")}
+        if "dp_score" in m:
+            row["DP score"] = m["dp_score"]
+        row["success rate"] = m.get("success_rate")
+        if "mean_max_coverage" in m:
+            row["mean max coverage"] = m["mean_max_coverage"]
+        rows.append(row)
+    return rows
+
+
+def _episode_rows(task_res: Mapping[str, Any]) -> list[dict]:
+    rows = []
+    for ep in task_res.get("episodes", []):
+        row = {"seed": ep["seed"], "success": bool(ep["success"]), "steps": ep["steps"]}
+        if ep.get("max_coverage") is not None:
+            row["max coverage"] = ep["max_coverage"]
+            row["max clip(cov/0.95)"] = min(max(ep["max_coverage"] / 0.95, 0.0), 1.0)
+            row["final coverage"] = ep.get("final_coverage")
+        row["max reward"] = ep.get("max_reward")
+        if ep.get("video"):
+            row["video"] = f"html:<a href='{_e(ep['video'])}'>mp4</a>"
+        rows.append(row)
+    return rows
+
+
+def _copy_media(rel: str, src_root: Path | None, out_dir: Path) -> str | None:
+    """Make sure ``out_dir/rel`` exists (copy from ``src_root`` when the results live elsewhere)."""
+    dst = out_dir / rel
+    if dst.is_file():
+        return rel
+    if src_root is not None and (src_root / rel).is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src_root / rel, dst)
+        return rel
+    return None
+
+
+def _find_metrics_files(run_dir: Path) -> list[Path]:
+    if (run_dir / "metrics.jsonl").is_file():
+        return [run_dir / "metrics.jsonl"]
+    return sorted(p for p in run_dir.glob("*/metrics.jsonl"))[:4] + sorted(run_dir.glob("*/*/metrics.jsonl"))[:4]
+
+
+def read_metrics_jsonl(path) -> list[dict]:
+    """Records of a ``metrics.jsonl`` (one JSON object per line; malformed / truncated lines are skipped)."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "step" in rec:
+                out.append(rec)
+    return out
+
+
+def plot_training_curves(records: Sequence[Mapping[str, Any]], path, title: str = "") -> Path | None:
+    """PNG of every numeric series (loss first) against ``step``; log-scale y for losses. None if nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in dict.fromkeys(k for r in records for k in r)
+            if k != "step" and any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                                   for r in records)]
+    keys = sorted(keys, key=lambda k: (k != "loss", "loss" not in k, k))
+    skip = {"epoch", "time", "wall_s", "elapsed_s", "samples", "lr_scale"}
+    keys = [k for k in keys if k not in skip][:6]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        pts = [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, lw=1.2)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if ("loss" in k or k == "lr") and min(ys) > 0:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _section(title: str, body: str, anchor: str) -> str:
+    return f"<section id='{_e(anchor)}'><h2>{_e(title)}</h2>{body}</section>"
+
+
+def _normalise_extra(extra_sections) -> list[tuple[str, str]]:
+    """Accept [(title, html)], [{"title", "html"}] or [{"title", "table": rows}] ({"text": ...} is escaped)."""
+    out = []
+    for s in extra_sections or []:
+        if isinstance(s, (tuple, list)) and len(s) == 2:
+            out.append((str(s[0]), str(s[1])))
+        elif isinstance(s, Mapping) and "title" in s:
+            body = ""
+            if "text" in s:
+                body += f"<p>{_e(s['text'])}</p>"
+            if "table" in s:
+                body += html_table(s["table"])
+            if "html" in s:
+                body += str(s["html"])
+            out.append((str(s["title"]), body))
+        else:
+            raise VideoActionError(f"extra_sections: expected (title, html) or a dict with 'title', got {s!r}")
+    return out
+
+
+def write_report(out_dir, results: Mapping[str, Any] | None, run_dir=None, extra_sections: Iterable = (),
+                 baselines: Mapping[str, Mapping[str, Any]] | None = None, video_results: Mapping[str, Any] | None = None,
+                 title: str | None = None, media_root=None, config: Mapping[str, Any] | None = None) -> Path:
+    """Write ``out_dir/report.html`` (+ PNG curves) and return its path.
+
+    ``results``: :func:`~videoaction.eval.runner.evaluate_policy` output (may be None for a video-only report);
+    ``baselines``: name -> results of baseline policies (shown in the headline table); ``video_results``:
+    :func:`~videoaction.eval.video_eval.evaluate_video` output; ``run_dir``: a training run directory (its
+    ``metrics.jsonl`` files become curves, its ``config.json`` the config section); ``media_root``: where the
+    results' relative video/grid paths live if not in ``out_dir`` (they are copied); ``extra_sections``: see
+    :func:`_normalise_extra`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src = Path(media_root) if media_root is not None else None
+    parts: list[str] = []
+    res = dict(results or {})
+    heading = title or f"videoaction report — {res.get('env', (video_results or {}).get('data', ''))}"
+    toc: list[tuple[str, str]] = []
+
+    def add(t: str, body: str, anchor: str) -> None:
+        toc.append((anchor, t))
+        parts.append(_section(t, body, anchor))
+
+    if res or baselines:
+        body = html_table(_headline_rows(res, baselines), cls="headline")
+        if res.get("metric_definitions"):
+            body += "<ul class='note'>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>"
+                                                   for k, v in res["metric_definitions"].items()) + "</ul>"
+        add("Headline", body, "headline")
+    if video_results:
+        vm = video_results.get("table") or []
+        body = html_table(vm, cls="video-metrics")
+        for note in video_results.get("notes", []):
+            body += f"<p class='note'>{_e(note)}</p>"
+        add("Video and dynamics metrics (held-out episodes)", body, "video-metrics")
+    if res.get("tasks"):
+        body = ""
+        if len(res["tasks"]) > 1:
+            body += html_table([{"task": k, **{kk: v for kk, v in t["metrics"].items()}} for k, t in res["tasks"].items()],
+                               cls="per-task")
+        for task, t in res["tasks"].items():
+            body += f"<h3>{_e(task)}</h3>" + html_table(_episode_rows(t), cls="per-episode")
+        add("Success per task and seed", body, "episodes")
+        figs = []
+        for task, t in res["tasks"].items():
+            for ep in t["episodes"]:
+                rel = ep.get("video") and _copy_media(ep["video"], src, out)
+                if rel:
+                    ok = "success" if ep["success"] else "failure"
+                    figs.append(f"<figure><video controls loop muted playsinline preload='metadata' width='256' "
+                                f"src='{_e(rel)}'></video><figcaption>{_e(task)} seed {ep['seed']} — {ok}, "
+                                f"{ep['steps']} steps</figcaption></figure>")
+        if figs:
+            add("Rollout videos", f"<div class='media'>{''.join(figs)}</div>", "rollouts")
+    if video_results and video_results.get("grids"):
+        figs = []
+        for g in video_results["grids"]:
+            rel = _copy_media(g["path"], src, out)
+            if rel:
+                figs.append(f"<figure><img class='frame' src='{_e(rel)}' alt='{_e(g.get('caption', rel))}'>"
+                            f"<figcaption>{_e(g.get('caption', ''))}</figcaption></figure>")
+        if figs:
+            legend = ("<p class='note'>Each grid: top row = history frames | real future; below = history | "
+                      "predicted future (true actions), then shuffled actions, then copy-last-frame.</p>")
+            add("Predicted vs real video", legend + f"<div class='media'>{''.join(figs)}</div>", "video-grids")
+    run_cfg = dict(config) if config else None
+    if run_dir is not None:
+        run = Path(run_dir)
+        imgs = []
+        for i, mf in enumerate(_find_metrics_files(run)):
+            recs = read_metrics_jsonl(mf)
+            label = str(mf.parent.relative_to(run)) if mf.parent != run else run.name
+            png = plot_training_curves(recs, out / f"curves_{i}.png", title=label) if recs else None
+            if png:
+                imgs.append(f"<figure><img src='{png.name}' alt='training curves {_e(label)}'>"
+                            f"<figcaption>{_e(mf)}</figcaption></figure>")
+        if imgs:
+            add("Training curves", "".join(imgs), "curves")
+        if run_cfg is None and (run / "config.json").is_file():
+            run_cfg = json.loads((run / "config.json").read_text())
+    if run_cfg is None and res.get("checkpoint_config"):
+        run_cfg = res["checkpoint_config"]
+    for t, body in _normalise_extra(extra_sections):
+        add(t, body, "extra-" + "".join(c if c.isalnum() else "-" for c in t.lower()))
+    if run_cfg:
+        add("Config", f"<pre>{_e(json.dumps(run_cfg, indent=2, default=str))}</pre>", "config")
+    facts = {k: res[k] for k in ("env", "policy", "checkpoint", "seeds", "protocol", "versions", "timing", "created_utc")
+             if k in res}
+    if video_results:
+        facts["video_eval"] = {k: v for k, v in video_results.items() if k not in ("table", "grids", "notes")}
+    if facts:
+        add("Protocol, seeds and versions", f"<pre>{_e(json.dumps(facts, indent=2, default=str))}</pre>", "facts")
+    nav = " · ".join(f"<a href='#{_e(a)}'>{_e(t)}</a>" for a, t in toc)
+    doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(heading)}</title>"
+           f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style>"
+           f"<script>{MEDIA_CHECK_JS}</script></head>"
+           f"<body><h1>{_e(heading)}</h1><p class='note'>{nav}</p>{''.join(parts)}</body></html>\n")
+    path = out / "report.html"
+    atomic_write_bytes(path, doc.encode())
+    return path

@@ -1,0 +1,383 @@
+"""Vectorised simulator rollouts of a policy (or a plain callable) with fixed, documented seeds.
+
+Protocol (Diffusion Policy's runner / MultiStepWrapper, LeRobot's success definition):
+
+* one episode per seed; ``n_envs`` sub-environments in a gymnasium vector env with ``autoreset_mode=DISABLED``:
+  a finished sub-env is reset explicitly (``reset_mask``) with the next seed, so no observation of a new episode
+  is ever mixed into the previous one;
+* the policy sees the last ``T_obs`` observations (its ``observation_spec()`` leading dim); at an episode start the
+  first observation is repeated to fill the history;
+* each policy call returns a chunk; its first ``n_action_steps`` actions are executed, one env step each, then the
+  policy is queried again (per sub-env, so episodes that end mid-chunk never reuse stale actions);
+* an episode ends on ``terminated`` / ``truncated``, on success (``info["is_success"]``), or after ``max_steps``;
+* per episode: success at any step, max / final coverage (PushT), max and summed reward, steps.
+
+Seeds (see :func:`default_seeds`): PushT uses Diffusion Policy's test seeds 100000, 100001, ... — note that
+gym-pusht 0.1.8 draws its initial state differently from DP's legacy env (0.1.5), so the same seed does **not**
+give DP's start state and numbers are comparable only across runs with the same gym-pusht version (recorded in
+every result). Metaworld uses seeds 100000+ as well (away from the demo seeds 0..N).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import platform
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from videoaction.data.errors import VideoActionError
+from videoaction.eval import metrics as M
+
+TEST_SEED_START = 100_000
+DEFAULT_MAX_STEPS = {"pusht": 300, "metaworld": 500}
+VERSION_PACKAGES = ("videoaction", "gym-pusht", "metaworld", "mujoco", "gymnasium", "torch", "numpy", "pymunk",
+                    "shapely")
+
+
+# ------------------------------------------------------------------------------------------------ specs and seeds
+def env_family(spec: str) -> str:
+    """'pusht' for every PushT variant (pusht, pusht-m, pusht-<robustness>...), 'metaworld', or the spec's head."""
+    head = spec.split(":", 1)[0].lower()
+    return "pusht" if head.startswith("pusht") else head
+
+
+def expand_env_spec(spec: str) -> list[str]:
+    """``metaworld:a,b`` -> [``metaworld:a``, ``metaworld:b``]; ``metaworld:MT10`` / ``MT50`` -> their task lists."""
+    head, _, rest = spec.partition(":")
+    if head.lower() != "metaworld" or not rest:
+        return [spec]
+    tasks: list[str] = []
+    for name in (t.strip() for t in rest.split(",") if t.strip()):
+        if name.upper() in ("MT10", "MT50", "MT25"):
+            import metaworld.env_dict as d
+
+            names = list(getattr(d, f"{name.upper()}_V3").keys())
+            tasks += [n[:-3] if n.endswith("-v3") else n for n in names]
+        else:
+            tasks.append(name)
+    return [f"metaworld:{t}" for t in tasks]
+
+
+def default_seeds(spec: str, n_episodes: int, start: int = TEST_SEED_START) -> list[int]:
+    """The documented fixed evaluation seeds: ``start, start + 1, ...`` (DP's PushT test seeds for PushT)."""
+    return list(range(start, start + int(n_episodes)))
+
+
+def package_versions(names: Sequence[str] = VERSION_PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def _default_env_fn(spec: str, seed: int, **kw):
+    from videoaction.envs import make_env
+
+    return make_env(spec, seed, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ policy adapter
+class PolicyAdapter:
+    """Uniform view of a :class:`~videoaction.models.base.Policy` or a callable: history length, chunk size and
+    ``act(obs_history) -> actions (B, n_action_steps, A)`` numpy."""
+
+    def __init__(self, policy: Any):
+        from videoaction.models.base import Policy
+
+        self.policy = policy
+        self.is_model = isinstance(policy, Policy)
+        if self.is_model:
+            self.spec = {k: tuple(v.shape) for k, v in policy.observation_spec().items()}
+            self.n_obs_steps = max(s[0] for s in self.spec.values()) if self.spec else 1
+            self.n_action_steps = int(policy.n_action_steps)
+            self.description = f"{policy.family} policy"
+        else:
+            if not callable(policy):
+                raise VideoActionError(f"policy must be a videoaction Policy or a callable, got {type(policy).__name__}")
+            spec = policy.observation_spec() if hasattr(policy, "observation_spec") else None
+            self.spec = {k: tuple(v.shape) for k, v in spec.items()} if spec else None
+            self.n_obs_steps = int(getattr(policy, "n_obs_steps", 1))
+            self.n_action_steps = int(getattr(policy, "n_action_steps", 1))
+            desc = getattr(policy, "describe", None)
+            self.description = desc() if callable(desc) else getattr(policy, "__name__", type(policy).__name__)
+        self._warned = False
+
+    def bind(self, action_space) -> None:
+        if hasattr(self.policy, "bind_action_space"):
+            self.policy.bind_action_space(action_space)
+
+    def _model_obs(self, obs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        device = self.policy.device
+        for key, shape in self.spec.items():
+            if key not in obs:
+                raise VideoActionError(f"the policy expects observation key {key!r}, the environment gives "
+                                       f"{sorted(obs)}")
+            x = obs[key][:, -shape[0]:]  # (B, T_k, ...)
+            if x.dtype == np.uint8 and len(shape) == 4 and tuple(x.shape[2:4]) != tuple(shape[1:3]):
+                x = _resize_frames(x, shape[1:3])
+                if not self._warned:
+                    print(f"videoaction eval: note: resizing {key} frames {obs[key].shape[2:4]} -> {shape[1:3]}")
+                    self._warned = True
+            elif x.dtype != np.uint8 and len(shape) == 2:
+                if x.shape[-1] < shape[-1]:
+                    raise VideoActionError(f"the policy expects {key} with {shape[-1]} dims per step, the environment "
+                                           f"gives {x.shape[-1]}")
+                x = x[..., : shape[-1]].astype(np.float32)
+            out[key] = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        if "language" in obs:
+            out["language"] = list(obs["language"])
+        return out
+
+    @torch.no_grad()
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        if self.is_model:
+            pred = self.policy.predict_action(self._model_obs(obs))["action"]
+            actions = pred.detach().float().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+        else:
+            o = dict(obs) if self.n_obs_steps > 1 else {k: (v[:, -1] if k != "language" else v) for k, v in obs.items()}
+            actions = np.asarray(self.policy(o), dtype=np.float32)
+        if actions.ndim == 2:
+            actions = actions[:, None]
+        if actions.ndim != 3:
+            raise VideoActionError(f"policy returned actions of shape {actions.shape}; expected (B, n_steps, A)")
+        return actions[:, : self.n_action_steps] if self.n_action_steps > 0 else actions
+
+
+def _resize_frames(x: np.ndarray, hw) -> np.ndarray:
+    import torch.nn.functional as F
+
+    b, t = x.shape[:2]
+    y = torch.from_numpy(x).reshape(b * t, *x.shape[2:]).permute(0, 3, 1, 2).float()
+    y = F.interpolate(y, size=tuple(hw), mode="bilinear", align_corners=False, antialias=True)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).reshape(b, t, *hw, 3).numpy()
+
+
+# ------------------------------------------------------------------------------------------------ rollouts
+def _info_at(info: Mapping[str, Any], key: str, i: int, default=None):
+    if key in info and (f"_{key}" not in info or bool(info[f"_{key}"][i])):
+        return info[key][i]
+    return default
+
+
+def _make_vector_env(spec: str, n_envs: int, seed: int, env_fn: Callable, env_kwargs: dict, vector: str):
+    import gymnasium as gym
+    from gymnasium.vector import AutoresetMode
+
+    fns = [functools.partial(env_fn, spec, seed + i, **env_kwargs) for i in range(n_envs)]
+    if vector == "async":
+        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED, shared_memory=False)
+    if vector != "sync":
+        raise VideoActionError(f"vector must be 'sync' or 'async', got {vector!r}")
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED)
+
+
+def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs: int, max_steps: int,
+                 record_video: int = 0, env_fn: Callable | None = None, env_kwargs: dict | None = None,
+                 vector: str = "sync", stop_on_success: bool = True, progress: bool = True) -> dict:
+    """Roll out one episode per seed in ``spec``. Returns ``{"episodes": [...], "frames": {seed: (T,H,W,3)},
+    "env_steps": int, "policy_calls": int, "policy_s": float, "wall_s": float}`` (episodes in seed order)."""
+    from tqdm.auto import tqdm
+
+    env_fn = env_fn or _default_env_fn
+    env_kwargs = dict(env_kwargs or {})
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise VideoActionError("no seeds to evaluate")
+    n_envs = max(1, min(int(n_envs), len(seeds)))
+    t0 = time.perf_counter()
+    venv = _make_vector_env(spec, n_envs, seeds[0], env_fn, env_kwargs, vector)
+    try:
+        adapter.bind(venv.single_action_space)
+        queue = deque(enumerate(seeds))  # (episode index, seed)
+        pending = [queue.popleft() for _ in range(n_envs)]
+        obs, info = venv.reset(seed=[s for _, s in pending])
+        slot_ep: list[int | None] = [e for e, _ in pending]  # episode index per slot (None = idle)
+        slot_seed = [s for _, s in pending]
+        stats: list[dict | None] = [None] * n_envs
+        histories: list[dict[str, deque] | None] = [None] * n_envs
+        actions_q: list[deque] = [deque() for _ in range(n_envs)]
+        frames: dict[int, list[np.ndarray]] = {}
+        results: dict[int, dict] = {}
+        last_action = np.zeros((n_envs, *venv.single_action_space.shape), np.float32)
+        env_steps, policy_calls, policy_s = 0, 0, 0.0
+        T = adapter.n_obs_steps
+        pbar = tqdm(total=len(seeds), desc=f"eval {spec}", unit="ep", disable=not progress, leave=False)
+
+        def start(i: int, obs_i: dict, info_i: dict) -> None:
+            histories[i] = {k: deque([v] * T, maxlen=T) for k, v in obs_i.items()}
+            actions_q[i].clear()
+            cov = info_i.get("coverage")
+            stats[i] = {"seed": slot_seed[i], "task": spec, "success": False, "steps": 0, "sum_reward": 0.0,
+                        "max_reward": -np.inf, "max_coverage": float(cov) if cov is not None else None,
+                        "final_coverage": float(cov) if cov is not None else None}
+            if slot_ep[i] is not None and slot_ep[i] < record_video:
+                frames[slot_ep[i]] = [np.asarray(obs_i["image"]).copy()] if "image" in obs_i else []
+
+        def slot_obs(o, i):
+            return {k: v[i] for k, v in o.items()}
+
+        def slot_info(inf, i):
+            return {k: _info_at(inf, k, i) for k in ("coverage", "is_success", "success") if _info_at(inf, k, i) is not None}
+
+        for i in range(n_envs):
+            start(i, slot_obs(obs, i), slot_info(info, i))
+
+        while any(e is not None for e in slot_ep):
+            need = [i for i in range(n_envs) if slot_ep[i] is not None and not actions_q[i]]
+            if need:
+                batch = {k: np.stack([np.stack(histories[i][k]) for i in need]) for k in histories[need[0]]}
+                tp = time.perf_counter()
+                chunk = adapter.act(batch)  # (len(need), Ta, A)
+                policy_s += time.perf_counter() - tp
+                policy_calls += 1
+                if chunk.shape[0] != len(need):
+                    raise VideoActionError(f"policy returned {chunk.shape[0]} action chunks for {len(need)} observations")
+                for j, i in enumerate(need):
+                    actions_q[i].extend(chunk[j])
+            act = last_action.copy()
+            for i in range(n_envs):
+                if slot_ep[i] is not None:
+                    act[i] = actions_q[i].popleft()
+            last_action = act
+            obs, reward, terminated, truncated, info = venv.step(act)
+            env_steps += n_envs
+            reset_mask = np.zeros(n_envs, dtype=bool)
+            reset_seeds: list[int | None] = [None] * n_envs
+            for i in range(n_envs):
+                o_i = slot_obs(obs, i)
+                if slot_ep[i] is None:  # idle slot: keep it valid, ignore its results
+                    if terminated[i] or truncated[i]:
+                        reset_mask[i], reset_seeds[i] = True, slot_seed[i]
+                    continue
+                st = stats[i]
+                inf = slot_info(info, i)
+                st["steps"] += 1
+                st["sum_reward"] += float(reward[i])
+                st["max_reward"] = max(st["max_reward"], float(reward[i]))
+                ok = bool(inf.get("is_success", inf.get("success", False)))
+                st["success"] = st["success"] or ok
+                if "coverage" in inf:
+                    c = float(inf["coverage"])
+                    st["final_coverage"] = c
+                    st["max_coverage"] = c if st["max_coverage"] is None else max(st["max_coverage"], c)
+                for k, v in o_i.items():
+                    histories[i][k].append(v)
+                if slot_ep[i] in frames and "image" in o_i:
+                    frames[slot_ep[i]].append(np.asarray(o_i["image"]).copy())
+                if terminated[i] or truncated[i] or st["steps"] >= max_steps or (stop_on_success and ok):
+                    results[slot_ep[i]] = st
+                    pbar.update(1)
+                    if queue:
+                        slot_ep[i], slot_seed[i] = queue.popleft()
+                    else:
+                        slot_ep[i] = None
+                    reset_mask[i], reset_seeds[i] = True, slot_seed[i]
+            if reset_mask.any():
+                obs_r, info_r = venv.reset(seed=reset_seeds, options={"reset_mask": reset_mask})
+                for i in np.nonzero(reset_mask)[0]:
+                    if slot_ep[i] is not None:
+                        start(i, slot_obs(obs_r, i), slot_info(info_r, i))
+        pbar.close()
+    finally:
+        venv.close()
+    episodes = [results[e] for e in range(len(seeds))]
+    return {"episodes": episodes, "frames": {seeds[e]: np.stack(f) for e, f in frames.items() if f},
+            "env_steps_active": int(sum(e["steps"] for e in episodes)), "env_steps": env_steps,
+            "policy_calls": policy_calls, "policy_s": policy_s, "wall_s": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------------------------------ public entry
+def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = None, n_envs: int = 8,
+                    max_steps: int | None = None, out_dir=None, record_video: int = 0, n_episodes: int = 10,
+                    env_fn: Callable | None = None, env_kwargs: dict | None = None, vector: str = "sync",
+                    stop_on_success: bool = True, progress: bool = True, torch_seed: int = 0,
+                    video_fps: int = 10, video_upscale: int = 1, extra: Mapping[str, Any] | None = None) -> dict:
+    """Evaluate ``policy`` (a videoaction Policy or a callable ``obs -> (B, Ta, A)``) in ``env_spec``.
+
+    ``env_spec``: ``pusht``, ``pusht-m``, a PushT robustness variant, ``metaworld:<task>[,<task>...]`` or
+    ``metaworld:MT10`` / ``MT50`` (each task gets the same seed list). ``seeds`` default to
+    :func:`default_seeds` (``n_episodes`` of them). The first ``record_video`` episodes of each task are written
+    as mp4 under ``out_dir/videos``. With ``out_dir`` the results are also written to ``out_dir/results.json``
+    (atomically). Returns the results dict (``metrics`` = headline numbers; ``tasks`` = per-task metrics and
+    per-episode records; ``versions``; ``seeds``; ``timing``).
+    """
+    from videoaction.eval.video import upscale, write_mp4
+    from videoaction.utils.io import atomic_write_json
+
+    family = env_family(env_spec)
+    pusht = family == "pusht"
+    seeds = [int(s) for s in (seeds if seeds is not None else default_seeds(env_spec, n_episodes))]
+    max_steps = int(max_steps or DEFAULT_MAX_STEPS.get(family, 300))
+    adapter = policy if isinstance(policy, PolicyAdapter) else PolicyAdapter(policy)
+    out = Path(out_dir) if out_dir is not None else None
+    torch.manual_seed(torch_seed)
+    tasks: dict[str, dict] = {}
+    timing = {"wall_s": 0.0, "env_steps": 0, "env_steps_active": 0, "policy_calls": 0, "policy_s": 0.0}
+    for task in expand_env_spec(env_spec):
+        run = run_episodes(adapter, task, seeds, n_envs, max_steps, record_video=record_video, env_fn=env_fn,
+                           env_kwargs=env_kwargs, vector=vector, stop_on_success=stop_on_success, progress=progress)
+        for k in timing:
+            timing[k] += run[k]
+        for ep in run["episodes"]:
+            ep["video"] = None
+        if out is not None:
+            for seed, fr in run["frames"].items():
+                name = f"videos/{task.replace(':', '_').replace(',', '_')}_seed{seed}.mp4"
+                write_mp4(out / name, upscale(fr, video_upscale), fps=video_fps)
+                next(e for e in run["episodes"] if e["seed"] == seed)["video"] = name
+        for ep in run["episodes"]:
+            if ep["max_reward"] == -np.inf:
+                ep["max_reward"] = 0.0
+        tasks[task] = {"metrics": M.summarize_episodes(run["episodes"], pusht=pusht), "episodes": run["episodes"]}
+    metrics: dict[str, Any] = {
+        "success_rate": float(np.mean([t["metrics"]["success_rate"] for t in tasks.values()])),
+        "n_episodes": int(sum(t["metrics"]["n_episodes"] for t in tasks.values())),
+    }
+    if pusht:
+        all_eps = [e for t in tasks.values() for e in t["episodes"]]
+        metrics["dp_score"] = M.dp_score(e["max_coverage"] for e in all_eps)
+        metrics["mean_max_coverage"] = float(np.mean([e["max_coverage"] for e in all_eps]))
+    if len(tasks) > 1:
+        metrics["per_task_success"] = {k: t["metrics"]["success_rate"] for k, t in tasks.items()}
+    timing["env_steps_per_s"] = timing["env_steps"] / max(timing["wall_s"], 1e-9)
+    timing["active_env_steps_per_s"] = timing["env_steps_active"] / max(timing["wall_s"], 1e-9)
+    results = {
+        "env": env_spec,
+        "env_family": family,
+        "policy": adapter.description,
+        "metric_definitions": _metric_definitions(pusht),
+        "metrics": metrics,
+        "tasks": tasks,
+        "seeds": seeds,
+        "protocol": {"n_envs": min(n_envs, len(seeds)), "max_steps": max_steps, "n_obs_steps": adapter.n_obs_steps,
+                     "n_action_steps": adapter.n_action_steps, "stop_on_success": stop_on_success,
+                     "vector": vector, "torch_seed": torch_seed, "env_kwargs": dict(env_kwargs or {})},
+        "versions": package_versions(),
+        "timing": timing,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if extra:
+        results.update(dict(extra))
+    if out is not None:
+        atomic_write_json(out / "results.json", results)
+    return results
+
+
+def _metric_definitions(pusht: bool) -> dict[str, str]:
+    d = {"success_rate": "fraction of episodes with success (info is_success) at any step (LeRobot pc_success/100)"}
+    if pusht:
+        d["dp_score"] = ("mean over episodes of max over steps of clip(coverage/0.95, 0, 1) "
+                         "(Diffusion Policy / UVA test/mean_score)")
+        d["seeds_note"] = ("gym-pusht 0.1.8 draws initial states differently from Diffusion Policy's legacy env: "
+                           "the same seeds are not DP's test set; compare only runs with the same gym-pusht version")
+    return d
