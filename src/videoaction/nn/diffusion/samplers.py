@@ -1,0 +1,109 @@
+"""Sampling loops over a step-indexed denoiser ``fn(x (N, C), j) -> out (N, C_out)`` (guidance already applied).
+
+``fn``'s j-th call is the j-th step of the loop; the caller has embedded that step's timestep in advance.
+* :func:`ddpm_sample`: ancestral sampling on (respaced) Gaussian tables, learned-range variance, temperature on the
+  per-step noise only, optional x0 clipping.
+* :func:`scheduler_sample`: a diffusers scheduler (DDIM / DPM-Solver++) driven by the epsilon channels.
+* :func:`euler_flow_sample`: Euler integration of a rectified-flow velocity from t = 1 (noise) to t = 0 (data).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from videoaction.nn.diffusion.gaussian import GaussianTables
+
+Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def ddpm_sample(
+    fn: Denoiser,
+    x: torch.Tensor,
+    tables: GaussianTables,
+    temperature: float = 1.0,
+    clip_denoised: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """IDDPM ``p_sample_loop`` from x = x_T (N, C); j-th call of ``fn`` is respaced step K-1-j."""
+    f = tables.floats()
+    C = x.shape[1]
+    noise = torch.empty_like(x)
+    K = tables.num_timesteps
+    for j in range(K):
+        i = K - 1 - j
+        out = fn(x, j).float()
+        eps, v = out[:, :C], out[:, C:]
+        x0 = torch.mul(x, f["sqrt_recip_alphas_cumprod"][i]).sub_(eps, alpha=f["sqrt_recipm1_alphas_cumprod"][i])
+        if clip_denoised:
+            x0.clamp_(-1.0, 1.0)
+        mean = x0.mul_(f["posterior_mean_coef1"][i]).add_(x, alpha=f["posterior_mean_coef2"][i])
+        if i == 0:
+            x = mean  # no noise at the last step
+            break
+        lo, hi = f["posterior_log_variance_clipped"][i], f["log_betas"][i]
+        # log-variance = lo + (v + 1)/2 * (hi - lo); std = exp(logvar / 2)
+        std = v.add(1.0).mul_(0.25 * (hi - lo)).add_(0.5 * lo).exp_()
+        noise.normal_(generator=generator)
+        x = mean.addcmul_(std, noise, value=float(temperature))
+    return x
+
+
+def clip_eps(x: torch.Tensor, eps: torch.Tensor, sqrt_ac: float, sqrt_1m_ac: float) -> torch.Tensor:
+    """The epsilon whose implied x0 = (x - sqrt(1-abar) eps)/sqrt(abar) is clipped to [-1, 1]."""
+    x0 = ((x - sqrt_1m_ac * eps) / sqrt_ac).clamp_(-1.0, 1.0)
+    return (x - sqrt_ac * x0) / sqrt_1m_ac
+
+
+def scheduler_sample(
+    fn: Denoiser,
+    x: torch.Tensor,
+    scheduler,
+    timesteps: list[int],
+    base: GaussianTables,
+    temperature: float = 1.0,
+    clip_denoised: bool = False,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+) -> torch.Tensor:
+    """Drive a diffusers scheduler (already ``set_timesteps``) with the epsilon channels of ``fn``.
+
+    DDIM with ``eta > 0`` draws its per-step noise from ``generator``, multiplied by ``temperature``; for the
+    deterministic samplers (DDIM eta = 0, DPM-Solver++) temperature has no effect.
+    """
+    C = x.shape[1]
+    f = base.floats() if clip_denoised else None
+    is_ddim = type(scheduler).__name__ == "DDIMScheduler"
+    for j, t in enumerate(timesteps):
+        eps = fn(x, j)[:, :C].float()
+        if f is not None:
+            eps = clip_eps(x, eps, f["sqrt_alphas_cumprod"][t], f["sqrt_one_minus_alphas_cumprod"][t])
+        if is_ddim:
+            vn = None
+            if eta > 0:
+                vn = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(temperature)
+            x = scheduler.step(eps, t, x, eta=eta, variance_noise=vn, return_dict=False)[0]
+        else:
+            x = scheduler.step(eps, t, x, generator=generator, return_dict=False)[0]
+    return x
+
+
+def flow_times(num_steps: int) -> list[float]:
+    """K + 1 times from 1 (noise) to 0 (data), uniform."""
+    return [1.0 - k / num_steps for k in range(num_steps + 1)]
+
+
+def euler_flow_sample(
+    fn: Denoiser, x: torch.Tensor, num_steps: int, clip_denoised: bool = False
+) -> torch.Tensor:
+    """x_t = (1 - t) x_data + t eps, velocity v = eps - x_data; Euler from t = 1 to t = 0 in ``num_steps`` steps."""
+    ts = flow_times(num_steps)
+    for j in range(num_steps):
+        t, t_next = ts[j], ts[j + 1]
+        v = fn(x, j).float()
+        if clip_denoised:
+            x0 = (x - t * v).clamp_(-1.0, 1.0)
+            v = (x - x0) / t
+        x = x.add(v, alpha=t_next - t)
+    return x
