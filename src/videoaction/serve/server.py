@@ -49,6 +49,7 @@ class ServeConfig:
     batch_window_ms: float = 2.0  # extra wait for more requests, only while other clients are connected
     control_hz: float | None = None  # advertised control rate; default: the policy's metadata, else 10 Hz
     warmup: bool = True
+    torch_threads: int | None = None  # torch intra-op threads (None: leave torch's default)
 
 
 @dataclass
@@ -100,10 +101,11 @@ class PolicyRunner:
 class _Batcher:
     """Collects queued requests into batches and runs them on one worker thread."""
 
-    def __init__(self, runner: PolicyRunner, max_batch: int, window_s: float, n_clients):
+    def __init__(self, runner: PolicyRunner, max_batch: int, window_s: float, n_clients, threads: int | None = None):
         self.runner, self.max_batch, self.window_s, self.n_clients = runner, max(1, max_batch), window_s, n_clients
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-infer")
+        init = (lambda: torch.set_num_threads(threads)) if threads else None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-infer", initializer=init)
         self.stats = ServerStats()
 
     async def submit(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, bool, dict]:
@@ -156,6 +158,8 @@ class PolicyServer:
 
     def __init__(self, policy: Policy, config: ServeConfig | None = None):
         self.config = config or ServeConfig()
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
         self.runner = PolicyRunner(policy)
         md = dict(self.runner.metadata)
         md.setdefault("chunk_length", md.get("n_action_steps"))
@@ -231,7 +235,8 @@ class PolicyServer:
         """Serve until ``stop`` is set (forever if None)."""
         cfg = self.config
         _warn_if_exposed(cfg)
-        self._batcher = _Batcher(self.runner, cfg.max_batch, cfg.batch_window_ms / 1000.0, lambda: self._n_clients)
+        self._batcher = _Batcher(self.runner, cfg.max_batch, cfg.batch_window_ms / 1000.0, lambda: self._n_clients,
+                                 cfg.torch_threads)
         worker = asyncio.create_task(self._batcher.run())
         try:
             async with serve(self._handle, cfg.host, cfg.port, process_request=self._process_request,
