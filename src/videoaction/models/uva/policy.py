@@ -1,0 +1,464 @@
+"""``UVAPolicy``: one network that is a policy, a video model, forward and inverse dynamics, and a planner.
+
+Functions (the paper's uses of the one model; all inputs raw, outputs un-normalised):
+
+* :meth:`UVAPolicy.predict_action` — policy: history frames (+ proprio, language) -> action chunk. One
+  encoder/decoder pass with every future token fake, then the action head only (never the video head or the
+  tokenizer's decoder).
+* :meth:`UVAPolicy.predict_video` — video model (no actions) or forward dynamics (``actions`` given): MAR iterative
+  masked sampling with the cosine schedule, one random order shared by all future frames, working
+  classifier-free guidance (batch doubled [cond; uncond], guidance inside every head step).
+* :meth:`UVAPolicy.inverse_dynamics` — actions that explain a future video.
+* :meth:`UVAPolicy.plan` — joint video + actions (``full_dynamic_model``).
+* :meth:`UVAPolicy.rollout_video` and :meth:`UVAPolicy.plan_with_dynamics` — see :mod:`.planning`.
+
+Training (:meth:`compute_loss`): one task mode per batch (uva.md §7), truncated-normal mask ratio, video loss on
+masked tokens, action loss on the ``n_actions`` actions from the last history frame on, losses summed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from videoaction.data.errors import VideoActionError
+from videoaction.data.normalizer import Normalizer
+from videoaction.data.sampler import frame_positions
+from videoaction.models.base import LossOutput, ObsSpec, Policy
+from videoaction.models.uva.config import UVARunConfig
+from videoaction.models.uva.masking import (MODE_SPECS, choose_mode, cosine_mask_len, mask_from_orders,
+                                            random_orders, random_spatial_mask, sample_mask_ratio)
+from videoaction.models.uva.network import UVANetwork
+from videoaction.nn.text import build_text_encoder
+from videoaction.nn.tokenizer import SmallAutoencoder, build_tokenizer, resolved_config
+
+Cond = dict[str, Any]  # history (B,Th,C,h,w), state, history_actions, text (B,Dt) | None
+
+
+class UVAPolicy(Policy):
+    """Unified Video Action model (see the module docstring for the functions it offers)."""
+
+    family = "uva"
+    config_class = UVARunConfig
+
+    def __init__(self, cfg: UVARunConfig, allow_random_tokenizer: bool = False):
+        super().__init__(cfg)
+        m, ds = cfg.model, cfg.dataset
+        m.validate()
+        fr = ds.frames
+        if fr.n_history < 1 or fr.n_future < 1:
+            raise VideoActionError(f"dataset.frames: UVA needs >= 1 history and >= 1 future frame, found "
+                                   f"{fr.n_history} + {fr.n_future}")
+        self.tokenizer = build_tokenizer(m.tokenizer, allow_random=allow_random_tokenizer)
+        self.tokenizer.requires_grad_(False).eval()
+        m.tokenizer = resolved_config(self.tokenizer, m.tokenizer)  # saved configs rebuild the same module
+        if isinstance(self.tokenizer, SmallAutoencoder):
+            tc = self.tokenizer.config_dict()
+            m.tokenizer.channels, m.tokenizer.kl = tuple(tc["channels"]), bool(tc["kl"])
+        s = self.tokenizer.stride
+        if ds.image_size % s:
+            raise VideoActionError(f"dataset.image_size {ds.image_size} is not a multiple of the tokenizer stride {s}")
+        grid = (ds.image_size // s, ds.image_size // s)
+        pos = frame_positions(fr, ds.horizon)
+        self.history_positions = [int(p) for p in pos[: fr.n_history]]
+        self.h_last = self.history_positions[-1]
+        self.action_start = self.h_last if m.shift_action else self.h_last + 1
+        if self.action_start + m.n_actions > ds.horizon:
+            raise VideoActionError(f"model.n_actions {m.n_actions} from window position {self.action_start} does "
+                                   f"not fit dataset.horizon {ds.horizon}")
+        self.text_encoder = None
+        if m.language:
+            self.text_encoder = build_text_encoder(m.text)
+            m.text_dim = int(self.text_encoder.dim)
+        self.model = UVANetwork(m, self.tokenizer.latent_channels, grid, fr.n_future, fr.n_history,
+                                n_history_actions=self.h_last + 1)
+        dims = {"action": m.action_dim}
+        modes = {"action": ds.action_norm}
+        if m.use_state:
+            dims["state"], modes["state"] = m.state_dim, ds.state_norm
+        self.normalizer = Normalizer(dims, modes)
+
+    # ------------------------------------------------------------------------------------------ basics
+    @property
+    def action_dim(self) -> int:
+        return self.cfg.model.action_dim
+
+    @property
+    def n_action_steps(self) -> int:
+        return self.cfg.model.n_action_steps
+
+    @property
+    def horizon(self) -> int:
+        return self.cfg.model.n_actions
+
+    @property
+    def n_obs_steps(self) -> int:
+        """Consecutive observations ``predict_action`` needs (last history position + 1; 16 for the reference)."""
+        return self.h_last + 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.fake_latent_x.device
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.tokenizer.eval()  # frozen, deterministic
+        return self
+
+    def observation_spec(self) -> dict[str, ObsSpec]:
+        m, t = self.cfg.model, self.n_obs_steps
+        spec = {"image": ObsSpec((t, m.obs_image_size, m.obs_image_size, 3), "uint8")}
+        if m.use_state:
+            spec["state"] = ObsSpec((t, m.state_dim), "float32")
+        if m.use_history_action:
+            spec["history_action"] = ObsSpec((t, m.action_dim), "float32")
+        return spec
+
+    def metadata(self) -> dict:
+        meta = super().metadata()
+        meta["language"] = bool(self.cfg.model.language)
+        return meta
+
+    @classmethod
+    def from_checkpoint(cls, directory, cfg: Mapping[str, Any], prefer_ema: bool = True,
+                        map_location: str | torch.device = "cpu") -> "UVAPolicy":
+        """Rebuild from ``config.json`` (tokenizer weights come from the checkpoint, not from its original path)."""
+        from pathlib import Path
+
+        from videoaction.config import from_dict
+        from videoaction.models.base import CONFIG_FILE, EMA_FILE, MODEL_FILE
+        from videoaction.utils.io import load_state_dict
+
+        directory = Path(directory)
+        run = from_dict(cls.config_class, cfg, where=str(directory / CONFIG_FILE))
+        run.model.tokenizer.path = None
+        model = cls(run, allow_random_tokenizer=True)
+        weights = directory / (EMA_FILE if prefer_ema and (directory / EMA_FILE).is_file() else MODEL_FILE)
+        state = load_state_dict(weights, map_location="cpu")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise VideoActionError(f"{weights}: weights do not match the uva model in its config: "
+                                   f"{len(missing)} missing {sorted(missing)[:10]}, "
+                                   f"{len(unexpected)} unexpected {sorted(unexpected)[:10]}")
+        return model.to(map_location).eval()
+
+    # ------------------------------------------------------------------------------------------ encoding
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
+                      chunk: int = 64) -> torch.Tensor:
+        """Images (B, F, 3, S, S) in [-1, 1] -> scaled latents (B, F, C, h, w) with the frozen tokenizer."""
+        b, f = frames.shape[:2]
+        x = frames.reshape(b * f, *frames.shape[2:]).to(self.device)
+        outs = [self.tokenizer.encode(x[i: i + chunk], sample=sample, generator=generator)
+                for i in range(0, x.shape[0], chunk)]
+        z = torch.cat(outs)
+        return z.reshape(b, f, *z.shape[1:])
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+        """Latents (B, F, C, h, w) -> uint8 frames (B, F, S, S, 3)."""
+        b, f = latents.shape[:2]
+        z = latents.reshape(b * f, *latents.shape[2:])
+        x = torch.cat([self.tokenizer.decode(z[i: i + chunk]) for i in range(0, z.shape[0], chunk)])
+        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+        return x.reshape(b, f, *x.shape[1:])
+
+    def preprocess(self, frames) -> torch.Tensor:
+        """uint8 frames (B, F, H, W, 3) -> (B, F, 3, S, S) in [-1, 1] (the dataset's evaluation transform)."""
+        from videoaction.data.transforms import preprocess_frames
+
+        return preprocess_frames(frames, self.cfg.dataset)
+
+    def encode_text(self, texts) -> torch.Tensor:
+        if self.text_encoder is None:
+            raise VideoActionError("this UVA model has no language input (model.language is False)")
+        if isinstance(texts, str) or len(texts) == 0:
+            raise VideoActionError(f"language must be a non-empty list of strings, found {texts!r}")
+        return self.text_encoder.encode(list(texts)).to(self.device, torch.float32)
+
+    def _frames_latents(self, x, n: int, what: str) -> torch.Tensor:
+        """uint8 frames (B, n, H, W, 3) or latents (B, n, C, h, w) float -> latents."""
+        t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+        if t.dim() != 5 or t.shape[1] != n:
+            raise VideoActionError(f"{what}: expected (B, {n}, H, W, 3) uint8 frames or (B, {n}, C, h, w) latents, "
+                                   f"found shape {tuple(t.shape)}")
+        if t.dtype == torch.uint8:
+            return self.encode_frames(self.preprocess(t))
+        return t.to(self.device, torch.float32)
+
+    def condition(self, obs: Mapping[str, Any]) -> Cond:
+        """Raw observation -> the model's conditions (history latents picked at the configured positions)."""
+        m = self.cfg.model
+        if "image" not in obs:
+            raise VideoActionError(f"observation: missing key 'image'; got keys {sorted(obs)}")
+        img = torch.as_tensor(np.asarray(obs["image"])) if not isinstance(obs["image"], torch.Tensor) else obs["image"]
+        t_need = self.n_obs_steps
+        if img.dim() != 5 or img.shape[1] < t_need or img.shape[-1] != 3:
+            raise VideoActionError(f"observation 'image': expected (B, {t_need}, H, W, 3) uint8 (the last "
+                                   f"{t_need} frames), found shape {tuple(img.shape)}")
+        img = img[:, img.shape[1] - t_need:]
+        cond: Cond = {"history": self.encode_frames(self.preprocess(img[:, self.history_positions]))}
+        b = img.shape[0]
+        if m.use_state:
+            st = torch.as_tensor(np.asarray(obs["state"]), dtype=torch.float32) if "state" in obs else None
+            if st is None or st.dim() != 3 or st.shape[1] < t_need or st.shape[2] != m.state_dim:
+                raise VideoActionError(f"observation 'state': expected (B, {t_need}, {m.state_dim}) float32, found "
+                                       f"{None if st is None else tuple(st.shape)}")
+            st = st[:, st.shape[1] - t_need:][:, self.history_positions].to(self.device)
+            cond["state"] = self.normalizer.normalize("state", st)
+        if m.use_history_action:
+            ha = obs.get("history_action")
+            ha = None if ha is None else torch.as_tensor(np.asarray(ha), dtype=torch.float32)
+            if ha is None or ha.dim() != 3 or ha.shape[1] < t_need:
+                raise VideoActionError(f"observation 'history_action': expected (B, {t_need}, {m.action_dim})")
+            cond["history_actions"] = self.normalizer.normalize("action", ha[:, ha.shape[1] - t_need:].to(self.device))
+        if m.language:
+            lang = obs.get("language")
+            if lang is None or len(lang) != b:
+                raise VideoActionError(f"observation 'language': expected a list of {b} instructions, found {lang!r}")
+            cond["text"] = self.encode_text(lang)
+        return cond
+
+    # ------------------------------------------------------------------------------------------ network calls
+    def _uncond_flags(self, b: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(history_drop, text_drop) for a doubled [cond; uncond] batch."""
+        m = self.cfg.model
+        which = m.cfg_condition if m.cfg_condition != "auto" else ("text" if m.language else "history")
+        flags = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(self.device)
+        return (flags, None) if which == "history" else (None, flags)
+
+    def _forward(self, cond: Cond, future=None, future_mask=None, actions=None, history_visible=True,
+                 guided: bool = False) -> torch.Tensor:
+        """Network pass; with ``guided`` every input is doubled into [cond; uncond] and z is (2B, N, D)."""
+        hist = cond["history"] if history_visible else None
+        kw = dict(state=cond.get("state"), history_actions=cond.get("history_actions"), text=cond.get("text"))
+        b = cond["history"].shape[0]
+        hd = td = None
+        if guided:
+            def dup(t):
+                return None if t is None else torch.cat([t, t])
+            hd, td = self._uncond_flags(b)
+            future, future_mask, actions, hist = dup(future), dup(future_mask), dup(actions), dup(hist)
+            kw = {k: dup(v) for k, v in kw.items()}
+            b = 2 * b
+        return self.model(future, hist, future_mask=future_mask, actions=actions, history_drop=hd, text_drop=td,
+                          batch_size=b, **kw)
+
+    def sample_actions(self, cond: Cond, *, future=None, future_mask=None, history_visible=True,
+                       temperature: float | None = None, cfg: float | None = None, sampler: str | None = None,
+                       num_steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalised actions (B, n_actions, A) from one network pass (policy_model by default)."""
+        m = self.cfg.model
+        if not m.predict_action:
+            raise VideoActionError("this UVA model has no action head (stage-1 config, model.predict_action False)")
+        s = m.act_cfg if cfg is None else cfg
+        z = self._forward(cond, future, future_mask, None, history_visible, guided=s != 1.0)
+        return self.model.diffactloss.sample_actions(z, temperature=m.temperature if temperature is None else temperature,
+                                                     cfg=s, num_steps=num_steps, sampler=sampler, generator=generator)
+
+    def sample_video(self, cond: Cond, actions: torch.Tensor | None = None, *, num_iter: int | None = None,
+                     cfg: float | None = None, cfg_schedule: str | None = None, temperature: float | None = None,
+                     sampler: str | None = None, num_steps: int | None = None, joint: bool = False,
+                     generator: torch.Generator | None = None, force_guidance: bool = False
+                     ) -> dict[str, torch.Tensor]:
+        """MAR iterative sampling of the future latents (B, T, C, h, w); ``actions`` normalised (dynamic_model).
+
+        ``joint`` also samples actions from the last iteration's pass (full_dynamic_model, the planner).
+        ``force_guidance`` runs the doubled-batch guided path even at cfg = 1 (equal to unguided; a test hook).
+        """
+        m, net = self.cfg.model, self.model
+        num_iter = m.num_iter if num_iter is None else int(num_iter)
+        s_cfg = m.cfg if cfg is None else float(cfg)
+        schedule = cfg_schedule or m.cfg_schedule
+        temp = m.temperature if temperature is None else temperature
+        b, tf, big_l = cond["history"].shape[0], net.n_future, net.seq_len
+        c, (h, w) = net.latent_channels, net.grid
+        dev = self.device
+        tokens = torch.zeros(b, tf, big_l, c, device=dev)
+        mask = torch.ones(b, big_l, dtype=torch.bool, device=dev)
+        orders = random_orders(b, big_l, generator, dev)  # one order per sample, shared by all frames
+        guided = s_cfg != 1.0 or force_guidance
+        out: dict[str, torch.Tensor] = {}
+        for step in range(num_iter):
+            fut = tokens.transpose(2, 3).reshape(b, tf, c, h, w)
+            z = self._forward(cond, fut, mask, actions, True, guided=guided)  # (B or 2B, N, D)
+            n_masked = int(mask[0].sum())
+            mask_len = cosine_mask_len(step, num_iter, big_l, n_masked)
+            last = step == num_iter - 1
+            new_mask = mask_from_orders(orders, mask_len) if not last else torch.zeros_like(mask)
+            predict = mask & ~new_mask  # (B, L)
+            s_iter = 1.0 + (s_cfg - 1.0) * (big_l - mask_len) / big_l if schedule == "linear" else s_cfg
+            pf = predict.unsqueeze(1).expand(b, tf, big_l)  # same positions in every frame
+            zz = z.reshape(z.shape[0], tf, big_l, -1)
+            zsel = torch.cat([zz[:b][pf], zz[b:][pf]]) if guided else zz[pf]
+            if zsel.shape[0]:
+                new = net.diffloss.sample(zsel, temperature=temp, cfg=s_iter if guided else 1.0, guidance=guided,
+                                          num_steps=num_steps, sampler=sampler, generator=generator)
+                tokens[pf] = new.to(tokens.dtype)
+            if joint and last:  # the planner's actions come from the last pass (video mostly visible)
+                if guided:
+                    out["action_norm"] = net.diffactloss.sample_actions(z, temperature=temp, cfg=m.act_cfg,
+                                                                        guidance=True, generator=generator)
+                else:
+                    out["action_norm"] = net.diffactloss.sample_actions(z[:b], temperature=temp, generator=generator)
+            mask = new_mask
+        out["latent"] = tokens.transpose(2, 3).reshape(b, tf, c, h, w)
+        return out
+
+    # ------------------------------------------------------------------------------------------ public inference
+    @torch.no_grad()
+    def predict_action(self, obs: Mapping[str, Any], *, sampler: str | None = None, num_steps: int | None = None,
+                       temperature: float | None = None, cfg: float | None = None,
+                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Policy: ``{"action": (B, n_action_steps, A), "action_pred": (B, n_actions, A)}`` un-normalised.
+
+        One encoder/decoder pass with every future token fake (policy_model), then the action head; ``sampler`` /
+        ``num_steps`` override the head's configured sampler (e.g. ``"ddim"``, 16).
+        """
+        cond = self.condition(obs)
+        a = self.sample_actions(cond, temperature=temperature, cfg=cfg, sampler=sampler, num_steps=num_steps,
+                                generator=generator)
+        a = self.normalizer.unnormalize("action", a)
+        return {"action": a[:, : self.n_action_steps], "action_pred": a}
+
+    @torch.no_grad()
+    def predict_video(self, obs: Mapping[str, Any], actions=None, num_iter: int = 1, cfg: float = 1.0,
+                      temperature: float = 0.95, generator: torch.Generator | None = None, *,
+                      cfg_schedule: str | None = None, sampler: str | None = None, num_steps: int | None = None,
+                      decode: bool = True) -> dict[str, torch.Tensor]:
+        """Video model, or forward dynamics when ``actions`` (B, n_actions, A) raw are given.
+
+        Returns ``latent`` (B, T, C, h, w) and, with ``decode``, ``frames`` uint8 (B, T, S, S, 3).
+        """
+        cond = self.condition(obs)
+        act = None if actions is None else self._norm_actions(actions, cond["history"].shape[0])
+        out = self.sample_video(cond, act, num_iter=num_iter, cfg=cfg, cfg_schedule=cfg_schedule,
+                                temperature=temperature, sampler=sampler, num_steps=num_steps, generator=generator)
+        if decode:
+            out["frames"] = self.decode_latents(out["latent"])
+        return out
+
+    @torch.no_grad()
+    def inverse_dynamics(self, history, future, *, language=None, temperature: float | None = None,
+                         sampler: str | None = None, num_steps: int | None = None,
+                         generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Actions (B, n_actions, A) that explain ``future`` (B, T, H, W, 3) uint8 frames or latents.
+
+        inverse_model hides the history frames (reference); ``history`` (same formats, or None) is accepted for
+        symmetry and only sets the batch size. Proprio-conditioned models are not supported here.
+        """
+        m = self.cfg.model
+        fut = self._frames_latents(future, self.model.n_future, "future")
+        b = fut.shape[0]
+        if history is not None:
+            hist = self._frames_latents(history, self.model.n_history, "history")
+        else:
+            hist = torch.zeros(b, self.model.n_history, *fut.shape[2:], device=self.device)
+        cond: Cond = {"history": hist}
+        if m.use_state or m.use_history_action:
+            raise VideoActionError("inverse_dynamics: models with proprio / history-action inputs are not supported")
+        if m.language:
+            if language is None:
+                raise VideoActionError("inverse_dynamics: this model needs `language` (list of B strings)")
+            cond["text"] = self.encode_text(language)
+        a = self.sample_actions(cond, future=fut, history_visible=False, temperature=temperature, sampler=sampler,
+                                num_steps=num_steps, generator=generator)
+        return {"action_pred": self.normalizer.unnormalize("action", a)}
+
+    @torch.no_grad()
+    def plan(self, obs: Mapping[str, Any], num_iter: int | None = None, cfg: float | None = None,
+             temperature: float | None = None, generator: torch.Generator | None = None,
+             decode: bool = True) -> dict[str, torch.Tensor]:
+        """Policy + planner (full_dynamic_model): future video and actions together."""
+        cond = self.condition(obs)
+        out = self.sample_video(cond, None, num_iter=num_iter, cfg=cfg, temperature=temperature, joint=True,
+                                generator=generator)
+        a = self.normalizer.unnormalize("action", out.pop("action_norm"))
+        out.update(action=a[:, : self.n_action_steps], action_pred=a)
+        if decode:
+            out["frames"] = self.decode_latents(out["latent"])
+        return out
+
+    def rollout_video(self, obs, actions_or_policy=None, n_chunks: int = 2, **kw) -> dict[str, torch.Tensor]:
+        """Long-horizon rollout, chunk after chunk; see :func:`videoaction.models.uva.planning.rollout_video`."""
+        from videoaction.models.uva.planning import rollout_video
+
+        return rollout_video(self, obs, actions_or_policy, n_chunks, **kw)
+
+    def plan_with_dynamics(self, obs, candidate_actions, goal, **kw) -> dict[str, torch.Tensor]:
+        """Forward-dynamics planning; see :func:`videoaction.models.uva.planning.plan_with_dynamics`."""
+        from videoaction.models.uva.planning import plan_with_dynamics
+
+        return plan_with_dynamics(self, obs, candidate_actions, goal, **kw)
+
+    def _norm_actions(self, actions, b: int) -> torch.Tensor:
+        a = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions,
+                            dtype=torch.float32)
+        m = self.cfg.model
+        if a.shape != (b, m.n_actions, m.action_dim):
+            raise VideoActionError(f"actions: expected shape ({b}, {m.n_actions}, {m.action_dim}) (raw, "
+                                   f"un-normalised), found {tuple(a.shape)}")
+        return self.normalizer.normalize("action", a.to(self.device))
+
+    # ------------------------------------------------------------------------------------------ training
+    def compute_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> LossOutput:
+        """One task mode for the batch (uva.md §7); returns the summed loss and its detached parts."""
+        m, net = self.cfg.model, self.model
+        g = generator
+        mode = choose_mode(m.task_modes, g)
+        spec = MODE_SPECS[mode]
+        dev = self.device
+        action = batch["action"].to(dev, torch.float32)
+        b = action.shape[0]
+        ratio = sample_mask_ratio(g, m.mask_ratio_min, 1.0, m.mask_ratio_loc, m.mask_ratio_std)
+        mask = random_spatial_mask(b, net.seq_len, ratio, g, dev)  # same for every future frame
+        u = torch.rand(2, b, generator=g).to(dev)  # text / history dropout draws
+        nh = net.n_history
+        need_future = spec.future != "fake"
+        hist, fut = self._batch_latents(batch, spec.history, need_future, g)
+        act = self.normalizer.normalize("action", action[:, self.action_start: self.action_start + m.n_actions])
+        kw: dict[str, Any] = {}
+        if m.use_state:
+            st = batch["state"].to(dev, torch.float32)
+            idx = batch["frame_index"][:, :nh].to(dev) if "frame_index" in batch else \
+                torch.tensor(self.history_positions, device=dev).expand(b, -1)
+            kw["state"] = self.normalizer.normalize("state", torch.gather(st, 1, idx.unsqueeze(-1).expand(
+                -1, -1, st.shape[-1])))
+        if m.use_history_action:
+            kw["history_actions"] = self.normalizer.normalize("action", action[:, : self.h_last + 1])
+        if m.language:
+            kw["text"] = self.encode_text(batch["language"])
+            kw["text_drop"] = u[0] < m.label_drop_prob
+        if m.history_drop_prob > 0 and mode in ("video_model", "dynamic_model"):
+            kw["history_drop"] = u[1] < m.history_drop_prob
+        z = net(fut if need_future else None, hist if spec.history else None,
+                future_mask=mask if spec.future == "masked" else None, actions=act if spec.actions else None,
+                batch_size=b, **kw)
+        zero = z.new_zeros(())
+        video_loss = action_loss = zero
+        if spec.video_loss:
+            target = fut.flatten(3).transpose(2, 3).reshape(-1, net.latent_channels)  # (B*T*L, C)
+            lmask = mask.unsqueeze(1).expand(b, net.n_future, -1).reshape(-1).to(z.dtype)
+            video_loss = net.diffloss.loss(target, z.reshape(-1, net.width), lmask, generator=g)
+        if spec.action_loss:
+            action_loss = net.diffactloss.action_loss(z, act, generator=g)
+        loss = video_loss + action_loss
+        terms = {"loss": float(loss.detach()), "video_loss": float(video_loss.detach()),
+                 "action_loss": float(action_loss.detach()), "mask_ratio": ratio,
+                 "mode": float(list(MODE_SPECS).index(mode))}
+        return LossOutput(loss=loss, terms=terms)
+
+    def _batch_latents(self, batch, need_history: bool, need_future: bool, g) -> tuple[torch.Tensor | None, ...]:
+        nh = self.model.n_history
+        if "latent" in batch:
+            lat = batch["latent"].to(self.device, torch.float32)
+            return lat[:, :nh], lat[:, nh:]
+        if "image" not in batch:
+            raise VideoActionError(f"training batch: needs 'image' or 'latent', found keys {sorted(batch)}")
+        img = batch["image"]
+        hist = self.encode_frames(img[:, :nh], self.cfg.model.sample_latents, g) if need_history else None
+        fut = self.encode_frames(img[:, nh:], self.cfg.model.sample_latents, g) if need_future else None
+        return hist, fut
+
