@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import inspect
 import platform
 import time
 from collections import deque
@@ -90,12 +91,20 @@ class PolicyAdapter:
     """Uniform view of a :class:`~videoaction.models.base.Policy` or a callable: history length, chunk size and
     ``act(obs_history) -> actions (B, n_action_steps, A)`` numpy."""
 
-    def __init__(self, policy: Any):
+    def __init__(self, policy: Any, predict_kwargs: Mapping[str, Any] | None = None, seed: int | None = 0):
         from videoaction.models.base import Policy
 
         self.policy = policy
         self.is_model = isinstance(policy, Policy)
+        self.predict_kwargs = dict(predict_kwargs or {})
+        self.generator = None
         if self.is_model:
+            params = inspect.signature(policy.predict_action).parameters
+            unknown = [k for k in self.predict_kwargs if k not in params]
+            if unknown:
+                raise VideoActionError(f"{type(policy).__name__}.predict_action does not accept {unknown}")
+            if seed is not None and "generator" in params:
+                self.generator = torch.Generator(device=policy.device).manual_seed(int(seed))
             self.spec = {k: tuple(v.shape) for k, v in policy.observation_spec().items()}
             self.n_obs_steps = max(s[0] for s in self.spec.values()) if self.spec else 1
             self.n_action_steps = int(policy.n_action_steps)
@@ -141,7 +150,10 @@ class PolicyAdapter:
     @torch.no_grad()
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         if self.is_model:
-            pred = self.policy.predict_action(self._model_obs(obs))["action"]
+            kw = dict(self.predict_kwargs)
+            if self.generator is not None:
+                kw["generator"] = self.generator
+            pred = self.policy.predict_action(self._model_obs(obs), **kw)["action"]
             actions = pred.detach().float().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
         else:
             o = dict(obs) if self.n_obs_steps > 1 else {k: (v[:, -1] if k != "language" else v) for k, v in obs.items()}
@@ -301,7 +313,8 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
                     max_steps: int | None = None, out_dir=None, record_video: int = 0, n_episodes: int = 10,
                     env_fn: Callable | None = None, env_kwargs: dict | None = None, vector: str = "sync",
                     stop_on_success: bool = True, progress: bool = True, torch_seed: int = 0,
-                    video_fps: int = 10, video_upscale: int = 1, extra: Mapping[str, Any] | None = None) -> dict:
+                    video_fps: int = 10, video_upscale: int = 1, predict_kwargs: Mapping[str, Any] | None = None,
+                    extra: Mapping[str, Any] | None = None) -> dict:
     """Evaluate ``policy`` (a videoaction Policy or a callable ``obs -> (B, Ta, A)``) in ``env_spec``.
 
     ``env_spec``: ``pusht``, ``pusht-m``, a PushT robustness variant, ``metaworld:<task>[,<task>...]`` or
@@ -318,7 +331,7 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
     pusht = family == "pusht"
     seeds = [int(s) for s in (seeds if seeds is not None else default_seeds(env_spec, n_episodes))]
     max_steps = int(max_steps or DEFAULT_MAX_STEPS.get(family, 300))
-    adapter = policy if isinstance(policy, PolicyAdapter) else PolicyAdapter(policy)
+    adapter = policy if isinstance(policy, PolicyAdapter) else PolicyAdapter(policy, predict_kwargs, seed=torch_seed)
     out = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(torch_seed)
     tasks: dict[str, dict] = {}
@@ -361,7 +374,8 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
         "seeds": seeds,
         "protocol": {"n_envs": min(n_envs, len(seeds)), "max_steps": max_steps, "n_obs_steps": adapter.n_obs_steps,
                      "n_action_steps": adapter.n_action_steps, "stop_on_success": stop_on_success,
-                     "vector": vector, "torch_seed": torch_seed, "env_kwargs": dict(env_kwargs or {})},
+                     "vector": vector, "torch_seed": torch_seed, "env_kwargs": dict(env_kwargs or {}),
+                     "predict_kwargs": dict(adapter.predict_kwargs)},
         "versions": package_versions(),
         "timing": timing,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
