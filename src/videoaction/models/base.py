@@ -171,8 +171,27 @@ def read_checkpoint_config(directory) -> dict:
     return cfg
 
 
+def resolve_checkpoint_dir(directory) -> Path:
+    """A checkpoint directory as given, or a training run directory (``DIR``, ``DIR/checkpoints``) -> the step
+    directory its ``checkpoints/latest`` pointer names (a symlink, or a file holding the directory name)."""
+    directory = Path(directory)
+    if (directory / MODEL_FILE).is_file():
+        return directory
+    if directory.is_file() and directory.name in ("latest", "best"):
+        return directory.parent / directory.read_text().strip()
+    for root in (directory / "checkpoints", directory):
+        pointer = root / "latest"
+        if pointer.is_symlink() or pointer.is_dir():
+            return pointer
+        if pointer.is_file():
+            return root / pointer.read_text().strip()
+    return directory
+
+
 def load_policy(directory, prefer_ema: bool = True, map_location: str | torch.device = "cpu") -> Policy:
-    """Load any family's policy from a checkpoint directory (EMA weights when present and preferred)."""
+    """Load any family's policy from a checkpoint directory (EMA weights when present and preferred); a training
+    run directory loads its latest checkpoint."""
+    directory = resolve_checkpoint_dir(directory)
     cfg = read_checkpoint_config(directory)
     cls = family_class(cfg["family"])
     return cls.from_checkpoint(directory, cfg, prefer_ema=prefer_ema, map_location=map_location)

@@ -1,0 +1,107 @@
+"""`videoaction train`: train a model from a preset or a saved config; every config field is a flag.
+
+Examples::
+
+    videoaction train --preset uva-tiny --data pusht.zarr --out runs/uva        # stage 0 + training on a CPU
+    videoaction train --preset uva-tiny-video --data pusht.zarr --out runs/s1   # stage 1 (video only)
+    videoaction train --preset uva-tiny --data pusht.zarr --out runs/s2 --init runs/s1   # stage 2
+    videoaction train --out runs/uva --resume                                  # continue exactly (any kill)
+    videoaction train --config runs/uva/config.json --out runs/again           # re-create a run
+    accelerate launch --num_processes 8 -m videoaction train --preset uva-base ...   # 8 GPUs (DDP)
+
+``--preset`` / ``--config`` pick the starting config; all other ``--dotted.field value`` flags (``--steps``,
+``--optim.lr``, ``--model.width``, ``--dataset.image_size`` ...) override it (``videoaction presets NAME`` shows
+every field). With ``--resume`` and neither, the run directory's own ``config.json`` is the starting config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from videoaction.config import get_preset, load_run_config, parse_overrides
+from videoaction.data.errors import VideoActionError
+
+EPILOG = ("All other flags are run-config fields (tyro): --data PATH --out DIR --steps N --save-every K --log-every K "
+          "--eval-every K --keep-last K --resume --init DIR --seed S --device auto|cpu|cuda --optim.batch-size B "
+          "--optim.lr LR --optim.grad-accum K --optim.mixed-precision no|bf16|fp16 --model.<field> ... "
+          "(`videoaction presets NAME` prints a preset's fields).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="videoaction train", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", help="named preset to start from (`videoaction presets` lists them)")
+    p.add_argument("--config", help="a run's config.json to start from (re-creates that run)")
+    p.add_argument("--init-mar", help="MAR checkpoint to initialise a UVA model from (name+shape matching)")
+    p.add_argument("--init-partial", action="store_true",
+                   help="--init: skip tensors with other shapes instead of failing (they are still reported)")
+    p.add_argument("--tokenizer-steps", type=int, default=1500, help="stage 0: small-autoencoder training steps")
+    p.add_argument("--tokenizer-batch-size", type=int, default=32, help="stage 0: batch size")
+    p.add_argument("--report-to", default="none", choices=["none", "tensorboard", "wandb"],
+                   help="also log to TensorBoard / Weights & Biases (must be installed)")
+    p.add_argument("--best-metric", default="val_loss",
+                   help="evaluation metric that picks checkpoints/best (default: validation-split loss)")
+    p.add_argument("--best-mode", default="min", choices=["min", "max"])
+    p.add_argument("--val-batches", type=int, default=2, help="validation batches for val_loss at each save")
+    p.add_argument("--eval-env", help="with --eval-every K: roll out the EMA policy in this env spec "
+                                      "(videoaction.eval.evaluate_policy) every K steps")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl still written)")
+    return p
+
+
+def resolve_config(args: argparse.Namespace, rest: list[str]):
+    """Starting config (preset / --config / the run's own config on --resume) plus the overrides in ``rest``."""
+    if args.preset and args.config:
+        raise VideoActionError("pass --preset or --config, not both")
+    if args.config:
+        base = load_run_config(args.config)
+    elif args.preset:
+        base = get_preset(args.preset)
+    else:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--out")
+        pre.add_argument("--resume", action="store_true")
+        known, _ = pre.parse_known_args(rest)
+        saved = Path(known.out) / "config.json" if known.out else None
+        if not (known.resume and saved is not None and saved.is_file()):
+            raise VideoActionError("pass --preset NAME (see `videoaction presets`), --config FILE, or --out DIR "
+                                   "--resume for a run that has a config.json")
+        base = load_run_config(saved)
+    return parse_overrides(base, rest, prog="videoaction train")
+
+
+def _eval_fn(args):
+    if not args.eval_env:
+        return None
+    try:
+        from videoaction.eval import evaluate_policy  # written by the evaluation part
+    except ImportError:
+        raise VideoActionError("--eval-env needs videoaction.eval.evaluate_policy, which is not available") from None
+
+    def run(policy, step: int) -> dict:
+        return evaluate_policy(policy, args.eval_env, n_episodes=args.eval_episodes, seed=100_000)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    from videoaction.train.trainer import TrainOptions, train
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = build_parser().parse_known_args(argv)
+    cfg = resolve_config(args, rest)
+    opts = TrainOptions(init_mar=args.init_mar, init_partial=args.init_partial, tokenizer_steps=args.tokenizer_steps,
+                        tokenizer_batch_size=args.tokenizer_batch_size, report_to=args.report_to,
+                        best_metric=args.best_metric, best_mode=args.best_mode, val_batches=args.val_batches,
+                        progress=not args.no_progress, eval_fn=_eval_fn(args))
+    result = train(cfg, opts)
+    if result.losses:
+        print(f"done: step {result.step}, last loss {result.losses[-1]:.4f}; checkpoint {result.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
