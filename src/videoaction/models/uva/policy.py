@@ -32,7 +32,8 @@ from videoaction.models.uva.masking import (MODE_SPECS, choose_mode, cosine_mask
                                             random_orders, random_spatial_mask, sample_mask_ratio)
 from videoaction.models.uva.network import UVANetwork
 from videoaction.nn.text import build_text_encoder
-from videoaction.nn.tokenizer import SmallAutoencoder, build_tokenizer, resolved_config
+from videoaction.nn.tokenizer import (KL16Autoencoder, SmallAutoencoder, Tokenizer, TokenizerConfig, TokenizerError,
+                                      build_tokenizer, resolved_config)
 
 Cond = dict[str, Any]  # history (B,Th,C,h,w), state, history_actions, text (B,Dt) | None
 
@@ -43,7 +44,9 @@ class UVAPolicy(Policy):
     family = "uva"
     config_class = UVARunConfig
 
-    def __init__(self, cfg: UVARunConfig, allow_random_tokenizer: bool = False):
+    def __init__(self, cfg: UVARunConfig, allow_random_tokenizer: bool = False, tokenizer: Tokenizer | None = None):
+        """Build from a run config. The tokenizer is loaded from ``model.tokenizer.path`` (missing weights are an
+        error unless ``allow_random_tokenizer``), or passed in ready-made (``tokenizer``, e.g. from a checkpoint)."""
         super().__init__(cfg)
         m, ds = cfg.model, cfg.dataset
         m.validate()
@@ -51,7 +54,8 @@ class UVAPolicy(Policy):
         if fr.n_history < 1 or fr.n_future < 1:
             raise VideoActionError(f"dataset.frames: UVA needs >= 1 history and >= 1 future frame, found "
                                    f"{fr.n_history} + {fr.n_future}")
-        self.tokenizer = build_tokenizer(m.tokenizer, allow_random=allow_random_tokenizer)
+        self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(m.tokenizer,
+                                                                                 allow_random=allow_random_tokenizer)
         self.tokenizer.requires_grad_(False).eval()
         m.tokenizer = resolved_config(self.tokenizer, m.tokenizer)  # saved configs rebuild the same module
         if isinstance(self.tokenizer, SmallAutoencoder):
@@ -69,8 +73,9 @@ class UVAPolicy(Policy):
             raise VideoActionError(f"model.n_actions {m.n_actions} from window position {self.action_start} does "
                                    f"not fit dataset.horizon {ds.horizon}")
         self.text_encoder = None
-        if m.language:
-            self.text_encoder = build_text_encoder(m.text)
+        self._frozen_text: list = []  # a frozen pretrained text encoder (CLIP, ...) is built on first use
+        if m.language and m.text.kind in ("task_embedding", "none"):
+            self.text_encoder = build_text_encoder(m.text)  # learned: its weights are in the state dict
             m.text_dim = int(self.text_encoder.dim)
         self.model = UVANetwork(m, self.tokenizer.latent_channels, grid, fr.n_future, fr.n_history,
                                 n_history_actions=self.h_last + 1)
@@ -133,10 +138,10 @@ class UVAPolicy(Policy):
 
         directory = Path(directory)
         run = from_dict(cls.config_class, cfg, where=str(directory / CONFIG_FILE))
-        run.model.tokenizer.path = None
-        model = cls(run, allow_random_tokenizer=True)
         weights = directory / (EMA_FILE if prefer_ema and (directory / EMA_FILE).is_file() else MODEL_FILE)
         state = load_state_dict(weights, map_location="cpu")
+        tok_sd = {k[len("tokenizer."):]: v for k, v in state.items() if k.startswith("tokenizer.")}
+        model = cls(run, tokenizer=tokenizer_from_state(run.model.tokenizer, tok_sd, str(weights)))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise VideoActionError(f"{weights}: weights do not match the uva model in its config: "
@@ -172,11 +177,22 @@ class UVAPolicy(Policy):
         return preprocess_frames(frames, self.cfg.dataset)
 
     def encode_text(self, texts) -> torch.Tensor:
-        if self.text_encoder is None:
+        """Instructions (list of B strings) -> text features (B, text_dim)."""
+        m = self.cfg.model
+        if not m.language:
             raise VideoActionError("this UVA model has no language input (model.language is False)")
         if isinstance(texts, str) or len(texts) == 0:
             raise VideoActionError(f"language must be a non-empty list of strings, found {texts!r}")
-        return self.text_encoder.encode(list(texts)).to(self.device, torch.float32)
+        enc = self.text_encoder
+        if enc is None:
+            if not self._frozen_text:
+                frozen = build_text_encoder(m.text)
+                if int(frozen.dim) != m.text_dim:
+                    raise VideoActionError(f"text encoder {m.text.kind} at {m.text.path}: feature size {frozen.dim} "
+                                           f"but the model was built for model.text_dim {m.text_dim}")
+                self._frozen_text.append(frozen)
+            enc = self._frozen_text[0].to(self.device)
+        return enc.encode(list(texts)).to(self.device, torch.float32)
 
     def _frames_latents(self, x, n: int, what: str) -> torch.Tensor:
         """uint8 frames (B, n, H, W, 3) or latents (B, n, C, h, w) float -> latents."""
@@ -462,3 +478,24 @@ class UVAPolicy(Policy):
         fut = self.encode_frames(img[:, nh:], self.cfg.model.sample_latents, g) if need_future else None
         return hist, fut
 
+
+
+def kl16_arch(sd: Mapping[str, torch.Tensor]) -> dict:
+    """kl16 architecture (ch, ch_mult, embed_dim) from its state-dict shapes (narrow test copies included)."""
+    try:
+        ch = int(sd["encoder.conv_in.weight"].shape[0])
+        n_levels = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.down."))
+        mult = tuple(int(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch for i in range(n_levels))
+        return {"ch": ch, "ch_mult": mult, "embed_dim": int(sd["post_quant_conv.weight"].shape[0])}
+    except (KeyError, ValueError) as exc:
+        raise TokenizerError(f"kl16 weights: cannot infer the architecture (missing {exc})") from None
+
+
+def tokenizer_from_state(cfg: TokenizerConfig, sd: Mapping[str, torch.Tensor], source: str) -> Tokenizer:
+    """The tokenizer module a checkpoint's ``tokenizer.*`` tensors fit (weights are loaded afterwards)."""
+    if not sd:
+        raise TokenizerError(f"{source}: no tokenizer.* weights in this checkpoint")
+    if cfg.kind == "kl16":
+        a = kl16_arch(sd)
+        return KL16Autoencoder(a["ch"], a["ch_mult"], a["embed_dim"], cfg.scale if cfg.scale is not None else 0.2325)
+    return SmallAutoencoder.from_config(cfg)
