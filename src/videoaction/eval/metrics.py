@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: F401 (FVD resizing)
 
 from videoaction.data.errors import VideoActionError
 
@@ -121,6 +121,15 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return g / g.sum()
 
 
+def _valid_filter_matrix(g: torch.Tensor, n: int) -> torch.Tensor:
+    """Matrix M (n - k + 1, n) with (M @ x)[i] = sum_j g[j] x[i + j] (valid 1-D correlation)."""
+    k = g.shape[0]
+    m = torch.zeros(n - k + 1, n, dtype=torch.float64)
+    for j in range(k):
+        m[torch.arange(n - k + 1), torch.arange(n - k + 1) + j] = g[j]
+    return m
+
+
 def ssim(pred, target, reduce: bool = True, window: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03):
     """SSIM (Wang et al. 2004): Gaussian window 11 / sigma 1.5, data range 1, per channel, valid region only,
     mean over pixels and channels (= skimage ``gaussian_weights=True, use_sample_covariance=False``).
@@ -131,11 +140,10 @@ def ssim(pred, target, reduce: bool = True, window: int = 11, sigma: float = 1.5
     n, c, h, w = a.shape
     size = min(window, h, w)
     g = _gaussian_window(size, sigma)
-    kh = g.view(1, 1, size, 1).repeat(c, 1, 1, 1)
-    kw = g.view(1, 1, 1, size).repeat(c, 1, 1, 1)
+    gh, gw = _valid_filter_matrix(g, h), _valid_filter_matrix(g, w)  # (h-size+1, h), (w-size+1, w)
 
-    def blur(x):
-        return F.conv2d(F.conv2d(x, kh, groups=c), kw, groups=c)
+    def blur(x):  # separable "valid" Gaussian filter as two float64 matmuls (fast on CPU)
+        return gh @ x @ gw.T
 
     c1, c2 = k1 ** 2, k2 ** 2
     mu_a, mu_b = blur(a), blur(b)

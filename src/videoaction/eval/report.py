@@ -158,9 +158,11 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path, title: str 
     keys = [k for k in dict.fromkeys(k for r in records for k in r)
             if k != "step" and any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
                                    for r in records)]
-    keys = sorted(keys, key=lambda k: (k != "loss", "loss" not in k, k))
-    skip = {"epoch", "time", "wall_s", "elapsed_s", "samples", "lr_scale"}
-    keys = [k for k in keys if k not in skip][:6]
+    def rank(k: str) -> tuple:
+        return (k != "loss", "loss" not in k, k not in ("dp_score", "success_rate"), k != "lr", k)
+
+    skip = {"epoch", "time", "wall_s", "elapsed_s", "samples", "samples_per_s", "ema_decay", "lr_scale", "n_episodes"}
+    keys = sorted((k for k in keys if k not in skip), key=rank)[:6]
     if not keys:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)

@@ -311,6 +311,7 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
 # ------------------------------------------------------------------------------------------------ public entry
 def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = None, n_envs: int = 8,
                     max_steps: int | None = None, out_dir=None, record_video: int = 0, n_episodes: int = 10,
+                    seed: int | None = None,
                     env_fn: Callable | None = None, env_kwargs: dict | None = None, vector: str = "sync",
                     stop_on_success: bool = True, progress: bool = True, torch_seed: int = 0,
                     video_fps: int = 10, video_upscale: int = 1, predict_kwargs: Mapping[str, Any] | None = None,
@@ -319,7 +320,7 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
 
     ``env_spec``: ``pusht``, ``pusht-m``, a PushT robustness variant, ``metaworld:<task>[,<task>...]`` or
     ``metaworld:MT10`` / ``MT50`` (each task gets the same seed list). ``seeds`` default to
-    :func:`default_seeds` (``n_episodes`` of them). The first ``record_video`` episodes of each task are written
+    :func:`default_seeds` (``n_episodes`` of them, from ``seed``, default 100000). The first ``record_video`` episodes of each task are written
     as mp4 under ``out_dir/videos``. With ``out_dir`` the results are also written to ``out_dir/results.json``
     (atomically). Returns the results dict (``metrics`` = headline numbers; ``tasks`` = per-task metrics and
     per-episode records; ``versions``; ``seeds``; ``timing``).
@@ -329,7 +330,9 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
 
     family = env_family(env_spec)
     pusht = family == "pusht"
-    seeds = [int(s) for s in (seeds if seeds is not None else default_seeds(env_spec, n_episodes))]
+    if seeds is None:
+        seeds = default_seeds(env_spec, n_episodes, TEST_SEED_START if seed is None else int(seed))
+    seeds = [int(s) for s in seeds]
     max_steps = int(max_steps or DEFAULT_MAX_STEPS.get(family, 300))
     adapter = policy if isinstance(policy, PolicyAdapter) else PolicyAdapter(policy, predict_kwargs, seed=torch_seed)
     out = Path(out_dir) if out_dir is not None else None
