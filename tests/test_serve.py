@@ -271,3 +271,15 @@ def test_cli_rejects_bad_arguments_and_serves(tmp_path, policy):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert b"serving dp policy on ws://127.0.0.1" in err
+
+
+def test_chunk_executor_drives_from_a_real_server(server, obs, policy):
+    from videoaction.serve.executor import ChunkExecutor
+
+    with PolicyClient("127.0.0.1", server.port) as client:
+        ex = ChunkExecutor.from_client(client, control_hz=50.0, smoothing=3)
+        actions = []
+        stats = ex.run(20, obs_fn=lambda: obs, act_fn=actions.append)
+    lo, hi = (t.numpy() for t in policy.normalizer.data_range("action"))
+    assert len(actions) == 20 and all(a.shape == (2,) and (a >= lo).all() and (a <= hi).all() for a in actions)
+    assert stats.executed == 20 and stats.chunks >= 2 and stats.latency_s > 0

@@ -39,9 +39,9 @@ class ExecutorStats:
     executed: int = 0  # actions handed out
     requests: int = 0  # chunks asked for
     chunks: int = 0  # chunks received
-    dropped: int = 0  # actions skipped because their time had passed
+    dropped: int = 0  # actions skipped because their time had passed (on a chunk's arrival or a late tick)
     superseded: int = 0  # actions of an old chunk replaced by a newer chunk
-    stalls: int = 0  # ticks that had to wait for a chunk (nothing left to execute)
+    stalls: int = 0  # ticks that had to wait for a chunk (nothing left to execute), the first chunk excepted
     overruns: int = 0  # ticks missed because the loop fell behind
     latency_s: float = 0.0  # running estimate of the request latency
 
@@ -74,6 +74,7 @@ class ChunkExecutor:
         self._pending: tuple[ChunkFuture, float] | None = None  # (future, observation time)
         self._raw_history: deque[np.ndarray] = deque(maxlen=max(1, self.smoothing - 1))
         self._blend_left = 0
+        self.stalled = False  # whether the last step had to wait for a chunk
         self.stats = ExecutorStats(latency_s=self.latency_init)
 
     # ---- chunk bookkeeping
@@ -115,8 +116,9 @@ class ChunkExecutor:
             self._accept(now)
         self._drop_passed(now)
         self._maybe_request(obs_fn)
-        if not self._queue:
-            self.stats.stalls += 1
+        self.stalled = not self._queue
+        if self.stalled:
+            self.stats.stalls += self.stats.executed > 0  # the very first chunk is always waited for
             self._pending[0].result()  # wait for the chunk in flight
             now = self.clock()
             self._accept(now)
@@ -136,13 +138,13 @@ class ChunkExecutor:
         """Run ``n_steps`` ticks at the control rate: ``act_fn(step(obs_fn))`` once per tick."""
         next_tick = self.clock()
         for _ in range(n_steps):
-            wait = next_tick - self.clock()
-            if wait > 0:
-                sleep(wait)
-            elif -wait > self.dt:  # fell behind by more than a tick: skip the missed ticks
-                missed = int(-wait // self.dt)
-                self.stats.overruns += missed
-                next_tick += missed * self.dt
+            now = self.clock()
+            if now < next_tick:
+                sleep(next_tick - now)
+            elif now - next_tick > self.dt:  # fell behind by more than a tick: skip the missed ticks
+                self.stats.overruns += int((now - next_tick) // self.dt)
+                next_tick = now
             act_fn(self.step(obs_fn))
-            next_tick += self.dt
+            # after waiting for a chunk the action went out late: the next tick is one period after it
+            next_tick = self.clock() + self.dt if self.stalled else next_tick + self.dt
         return self.stats
