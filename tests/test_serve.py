@@ -271,6 +271,7 @@ def test_cli_rejects_bad_arguments_and_serves(tmp_path, policy):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert b"serving dp policy on ws://127.0.0.1" in err
+    assert b"server stopped" in err and proc.returncode == 0  # SIGTERM: clean shutdown
 
 
 def test_chunk_executor_drives_from_a_real_server(server, obs, policy):
@@ -280,6 +281,7 @@ def test_chunk_executor_drives_from_a_real_server(server, obs, policy):
         ex = ChunkExecutor.from_client(client, control_hz=50.0, smoothing=3)
         actions = []
         stats = ex.run(20, obs_fn=lambda: obs, act_fn=actions.append)
+        ex.close()
     lo, hi = (t.numpy() for t in policy.normalizer.data_range("action"))
     assert len(actions) == 20 and all(a.shape == (2,) and (a >= lo).all() and (a <= hi).all() for a in actions)
     assert stats.executed == 20 and stats.chunks >= 2 and stats.latency_s > 0

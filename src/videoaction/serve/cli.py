@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 
 from videoaction.data.errors import VideoActionError
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))  # no line per connection
     if args.max_message_bytes < 1024:
         raise VideoActionError(f"--max-message-bytes must be at least 1024, found {args.max_message_bytes}")
     if args.max_batch < 1:
@@ -57,7 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, control_hz=args.control_hz,
         torch_threads=args.threads))
     try:
-        asyncio.run(server.serve())
+        asyncio.run(_serve_until_signal(server))
     except OSError as exc:
         raise VideoActionError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    logging.getLogger("videoaction.serve").info("server stopped")
     return 0
+
+
+async def _serve_until_signal(server) -> None:
+    """Serve until SIGINT / SIGTERM, then close every connection cleanly (code 1001, going away)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.serve(stop)

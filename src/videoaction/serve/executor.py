@@ -66,7 +66,15 @@ class ChunkExecutor:
         """Executor fed by a :class:`PolicyClient` (requests run on one background thread)."""
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-request")
         hz = control_hz or float(client.metadata.get("control_hz", 10.0))
-        return cls(lambda obs: pool.submit(client.infer, obs), hz, **kwargs)
+        executor = cls(lambda obs: pool.submit(client.infer, obs), hz, **kwargs)
+        executor._pool = pool
+        return executor
+
+    def close(self) -> None:
+        """Stop the background request thread of :meth:`from_client` (waits for a request in flight)."""
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def reset(self) -> None:
         """Forget the current chunk (e.g. between episodes); a pending request's answer is ignored."""

@@ -240,7 +240,7 @@ class PolicyServer:
         worker = asyncio.create_task(self._batcher.run())
         try:
             async with serve(self._handle, cfg.host, cfg.port, process_request=self._process_request,
-                             max_size=cfg.max_message_bytes, compression=None, ping_interval=20,
+                             max_size=cfg.max_message_bytes, max_queue=4, compression=None, ping_interval=20,
                              ping_timeout=60) as server:
                 self.port = server.sockets[0].getsockname()[1]
                 logger.info("serving %s policy on ws://%s:%d (healthz: http://%s:%d/healthz)",
