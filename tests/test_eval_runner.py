@@ -1,0 +1,164 @@
+"""Simulator evaluation through ``videoaction.envs.make_env``: a few short episodes per environment."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+
+pytest.importorskip("gym_pusht")
+envs = pytest.importorskip("videoaction.envs")
+if not hasattr(envs, "make_env"):
+    pytest.skip("videoaction.envs.make_env is not available", allow_module_level=True)
+
+from videoaction.eval import metrics as M  # noqa: E402
+from videoaction.eval.baselines import MeanActionPolicy, RandomPolicy  # noqa: E402
+from videoaction.eval.runner import evaluate_policy  # noqa: E402
+from videoaction.eval.video import read_mp4  # noqa: E402
+
+
+class TowardBlock:
+    """A deterministic function of the observation (so results cannot depend on batching): push toward the block,
+    with a history of 3 and chunks of 4; records every history it is given."""
+
+    n_obs_steps, n_action_steps = 3, 4
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, obs):
+        st = obs["state"]  # (B, 3, D)
+        self.calls.append({k: np.array(v) for k, v in obs.items()})
+        agent, block = st[:, -1, :2], st[:, -1, 2:4]
+        steps = np.linspace(0.25, 1.0, self.n_action_steps)[None, :, None]
+        return (agent[:, None] + steps * (block - agent)[:, None]).astype(np.float32)  # (B, 4, 2)
+
+
+def test_random_policy_pusht(tmp_path):
+    seeds = [100000, 100001, 100002]
+    res = evaluate_policy(RandomPolicy(seed=0), "pusht", seeds=seeds, n_envs=2, max_steps=12, out_dir=tmp_path,
+                          record_video=1, progress=False)
+    eps = res["tasks"]["pusht"]["episodes"]
+    assert [e["seed"] for e in eps] == seeds and res["seeds"] == seeds
+    for e in eps:
+        assert e["steps"] <= 12 and 0.0 <= e["max_coverage"] <= 1.0 and e["final_coverage"] <= e["max_coverage"] + 1e-12
+        assert e["success"] == (e["max_coverage"] > 0.95)
+    m = res["metrics"]
+    assert m["dp_score"] == pytest.approx(np.mean([min(e["max_coverage"] / 0.95, 1.0) for e in eps]))
+    assert m["success_rate"] == pytest.approx(np.mean([e["success"] for e in eps]))
+    assert res["versions"]["gym-pusht"] == "0.1.8" and res["versions"]["torch"]
+    assert res["timing"]["env_steps"] >= sum(e["steps"] for e in eps) and res["timing"]["env_steps_per_s"] > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["metrics"] == pytest.approx(m) and saved["seeds"] == seeds
+    assert eps[0]["video"] and eps[1]["video"] is None
+    frames = read_mp4(tmp_path / eps[0]["video"])
+    assert frames.shape[0] == eps[0]["steps"] + 1 and frames.shape[-1] == 3  # first obs + one per step
+
+
+def test_history_stacking_chunks_and_batching_independence():
+    seeds = [100000, 100001, 100002]
+    pol3 = TowardBlock()
+    r3 = evaluate_policy(pol3, "pusht", seeds=seeds, n_envs=3, max_steps=10, progress=False)
+    pol2 = TowardBlock()
+    r2 = evaluate_policy(pol2, "pusht", seeds=seeds, n_envs=2, max_steps=10, progress=False)
+    e3, e2 = r3["tasks"]["pusht"]["episodes"], r2["tasks"]["pusht"]["episodes"]
+    assert [e["max_coverage"] for e in e3] == [e["max_coverage"] for e in e2]  # same seeds -> same episodes
+    assert all(e["steps"] == 10 for e in e3)
+    # first call: the first observation repeated to fill the history; chunks of 4 -> calls at steps 0, 4, 8
+    first = pol3.calls[0]["state"]  # (3 envs, 3, D)
+    assert np.array_equal(first[:, 0], first[:, 1]) and np.array_equal(first[:, 1], first[:, 2])
+    assert len(pol3.calls) == 3 and all(c["state"].shape[0] == 3 for c in pol3.calls)
+    # replay seed 100000 by hand with the same actions: the history at the 2nd call = observations after steps 2, 3, 4
+    env = envs.make_env("pusht", 100000)
+    try:
+        obs, _ = env.reset(seed=100000)
+        seen = [obs["state"]]
+        for call in pol3.calls[:2]:
+            chunk = pol3(dict((k, v[:1]) for k, v in call.items()))[0]
+            for a in chunk:
+                obs, *_ = env.step(a)
+                seen.append(obs["state"])
+        assert np.allclose(pol3.calls[1]["state"][0], np.stack(seen[2:5]), atol=1e-5)
+        assert np.allclose(pol3.calls[2]["state"][0], np.stack(seen[6:9]), atol=1e-5)
+        assert pol3.calls[0]["image"].shape[1:] == (3, *obs["image"].shape)
+    finally:
+        env.close()
+
+
+def test_pusht_m_and_mean_action(tmp_path):
+    res = evaluate_policy(MeanActionPolicy([256.0, 256.0], n_action_steps=4), "pusht-m", seeds=[100000, 100001],
+                          n_envs=2, max_steps=6, progress=False)
+    m = res["metrics"]
+    assert m["n_episodes"] == 2 and 0.0 <= m["dp_score"] <= 1.0 and "success_rate" in m
+    assert res["env_family"] == "pusht"
+
+
+def test_metaworld_two_tasks_small_images(tmp_path):
+    pytest.importorskip("metaworld")
+    res = evaluate_policy(RandomPolicy(seed=0), "metaworld:reach,drawer-open", seeds=[100000], n_envs=1, max_steps=4,
+                          out_dir=tmp_path, record_video=1, env_kwargs={"image_size": 32}, progress=False)
+    assert set(res["tasks"]) == {"metaworld:reach", "metaworld:drawer-open"}
+    m = res["metrics"]
+    assert set(m["per_task_success"]) == set(res["tasks"]) and "dp_score" not in m
+    assert m["success_rate"] == pytest.approx(np.mean(list(m["per_task_success"].values())))
+    for t in res["tasks"].values():
+        ep = t["episodes"][0]
+        assert ep["steps"] <= 4 and ep["max_coverage"] is None
+        assert read_mp4(tmp_path / ep["video"]).shape[1:3] == (32, 32)
+    assert res["versions"]["metaworld"] and res["versions"]["mujoco"]
+
+
+def test_model_policy_in_pusht(tmp_path):
+    """A real (tiny, untrained) UVA policy through the adapter: history length from its spec, chunks executed."""
+    from tests.test_eval_video import _tiny_uva
+
+    policy = _tiny_uva(image_size=32, obs_size=96)
+    res = evaluate_policy(policy, "pusht", seeds=[100000], n_envs=1, max_steps=6, progress=False,
+                          predict_kwargs={"num_steps": 2})
+    ep = res["tasks"]["pusht"]["episodes"][0]
+    assert ep["steps"] == 6 and res["protocol"]["n_obs_steps"] == policy.n_obs_steps
+    assert res["protocol"]["n_action_steps"] == 4 and res["timing"]["policy_calls"] == 2
+    assert 0.0 <= res["metrics"]["dp_score"] <= 1.0
+
+
+def test_eval_cli_checkpoint_and_report(tmp_path):
+    from tests.test_eval_video import _store, _tiny_uva
+
+    from videoaction.eval.cli import main
+
+    policy = _tiny_uva(image_size=32, obs_size=96)
+    policy.save_pretrained(tmp_path / "ckpt")
+    data = _store(tmp_path / "demo.zarr")
+    out = tmp_path / "eval"
+    code = main(["--checkpoint", str(tmp_path / "ckpt"), "--env", "pusht", "--episodes", "1", "--max-steps", "4",
+                 "--n-envs", "1", "--record", "1", "--sampler", "ddpm:2", "--video", "--data", str(data),
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["checkpoint"] == str(tmp_path / "ckpt") and res["protocol"]["predict_kwargs"] == {
+        "sampler": "ddpm", "num_steps": 2}
+    assert (out / "video_results.json").is_file()
+    html = (out / "report.html").read_text()
+    assert "<video" in html and "video_grids/" in html and "Config" in html
+
+
+def test_known_coverage_state_through_make_env():
+    """Block placed exactly on the goal through the env -> coverage ~ 1 and success; far away -> 0."""
+    env = envs.make_env("pusht", 0)
+    try:
+        env.reset(seed=0, options={"reset_to_state": [60.0, 60.0, 256.0, 256.0, np.pi / 4]})
+        _, _, _, _, info = env.step(np.array([60.0, 60.0], np.float32))
+        off = np.asarray(info["block_pose"][:2]) - 256.0  # the legacy setter rotates about the centre of mass
+        env.reset(seed=0, options={"reset_to_state": [60.0, 60.0, 256.0 - off[0], 256.0 - off[1], np.pi / 4]})
+        _, _, _, _, info = env.step(np.array([60.0, 60.0], np.float32))
+        assert info["coverage"] == pytest.approx(1.0, abs=1e-3) and info["is_success"]
+        env.reset(seed=0, options={"reset_to_state": [400.0, 400.0, 120.0, 120.0, 0.0]})
+        _, _, _, _, info = env.step(np.array([400.0, 400.0], np.float32))
+        assert info["coverage"] == 0.0 and not info["is_success"]
+        assert M.pusht_coverage(info["block_pose"]) == 0.0
+    finally:
+        env.close()
