@@ -1,0 +1,251 @@
+"""UVA training objective and inference paths on a micro model: modes, information flow, sampling, CFG."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from videoaction.models.uva.config import TASK_MODES, model_config, uva_tiny
+from videoaction.models.uva.masking import (MODE_SPECS, cosine_mask_len, random_spatial_mask, sample_mask_ratio)
+from videoaction.models.uva.policy import UVAPolicy
+from videoaction.nn.diffusion import DiffusionHeadConfig
+from videoaction.nn.tokenizer import TokenizerConfig
+
+torch.set_num_threads(1)
+
+
+def micro_cfg(**kw):
+    cfg = uva_tiny()
+    cfg.dataset.image_size = 32
+    head = dict(width=64, depth=1, sample_steps=8)
+    kw = {"history_drop_prob": 0.2, **kw}
+    cfg.model = model_config(
+        "tiny", width=64, num_heads=2, encoder_depth=1, decoder_depth=1, attn_dropout=0.0, proj_dropout=0.0,
+        tokenizer=TokenizerConfig(kind="small", latent_channels=4, stride=8, channels=(8, 16, 16)),
+        video_head=DiffusionHeadConfig(**head), action_head=DiffusionHeadConfig(clip_denoised=True, **head),
+        **kw)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    p = UVAPolicy(micro_cfg(), allow_random_tokenizer=True)
+    with torch.no_grad():  # the heads start at exactly zero output (MAR init): perturb so z matters downstream
+        for name, q in p.model.named_parameters():
+            if name.startswith(("diffloss.", "diffactloss.net.")) and q.abs().sum() == 0:
+                q.normal_(0, 0.02)
+    return p.eval()
+
+
+def make_batch(b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(b, 8, 3, 32, 32, generator=g) * 2 - 1, "action": torch.randn(b, 32, 2, generator=g),
+            "state": torch.randn(b, 32, 2, generator=g), "is_pad": torch.zeros(b, 32, dtype=torch.bool),
+            "frame_index": torch.tensor([[3, 7, 11, 15, 19, 23, 27, 31]] * b)}
+
+
+def obs(b=1, seed=0, t=16):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.randint(0, 256, (b, t, 40, 40, 3), generator=g, dtype=torch.uint8)}
+
+
+def loss_in_mode(p, mode, batch, seed=1):
+    p.cfg.model.task_modes = (mode,)
+    try:
+        return p.compute_loss(batch, torch.Generator().manual_seed(seed))
+    finally:
+        p.cfg.model.task_modes = TASK_MODES
+
+
+# ----------------------------------------------------------------------------------------------- masking
+def test_mask_ratio_truncated_normal_statistics():
+    g = torch.Generator().manual_seed(0)
+    r = torch.tensor([sample_mask_ratio(g) for _ in range(4000)])
+    assert r.min() >= 0.7 and r.max() <= 1.0
+    assert abs(r.mean().item() - 0.867) < 0.01  # reference: mean 0.867, median 0.874
+    assert abs(r.median().item() - 0.874) < 0.012
+
+
+def test_spatial_mask_count_and_schedule():
+    m = random_spatial_mask(3, 256, 0.8, torch.Generator().manual_seed(0))
+    assert m.sum(1).tolist() == [math.ceil(256 * 0.8)] * 3
+    assert not torch.equal(m[0], m[1])  # one permutation per sample
+    assert [cosine_mask_len(s, 4, 256, 256) for s in range(3)] == [236, 181, 97]
+
+
+# ----------------------------------------------------------------------------------------------- training modes
+@pytest.mark.parametrize("mode", TASK_MODES)
+def test_every_mode_trains(policy, mode):
+    policy.train()
+    out = loss_in_mode(policy, mode, make_batch())
+    out.loss.backward()
+    spec = MODE_SPECS[mode]
+    assert torch.isfinite(out.loss)
+    assert (out.terms["video_loss"] > 0) == spec.video_loss and (out.terms["action_loss"] > 0) == spec.action_loss
+    grads = {n for n, q in policy.named_parameters() if q.grad is not None and q.grad.abs().sum() > 0}
+    assert not any(n.startswith("tokenizer.") for n in grads)  # frozen
+    assert any(n.startswith("model.encoder_blocks") for n in grads)
+    assert ("model.action_proj_cond.weight" in grads) == spec.actions  # actions enter only in dynamic_model
+    policy.zero_grad(set_to_none=True)
+    policy.eval()
+
+
+def test_compute_loss_deterministic_given_generator(policy):
+    b = make_batch()
+    a, c = policy.compute_loss(b, torch.Generator().manual_seed(3)), policy.compute_loss(b, torch.Generator().manual_seed(3))
+    assert a.terms == c.terms
+
+
+def _future_changed(batch):
+    out = dict(batch)
+    out["image"] = batch["image"].clone()
+    out["image"][:, 4:] = -batch["image"][:, 4:]
+    return out
+
+
+def _history_changed(batch):
+    out = dict(batch)
+    out["image"] = batch["image"].clone()
+    out["image"][:, :4] = torch.flip(batch["image"][:, :4], dims=[-1])
+    return out
+
+
+def _actions_changed(batch):
+    return dict(batch, action=batch["action"] + 0.7)
+
+
+def test_information_flow_per_mode(policy):
+    b = make_batch()
+    base = {m: loss_in_mode(policy, m, b).terms["loss"] for m in TASK_MODES}
+    fut, hist = _future_changed(b), _history_changed(b)
+    # policy_model never sees future frames; inverse_model never sees history frames
+    assert loss_in_mode(policy, "policy_model", fut).terms["loss"] == base["policy_model"]
+    assert loss_in_mode(policy, "inverse_model", hist).terms["loss"] == base["inverse_model"]
+    assert loss_in_mode(policy, "inverse_model", fut).terms["loss"] != base["inverse_model"]
+    assert loss_in_mode(policy, "policy_model", hist).terms["loss"] != base["policy_model"]
+    # actions are an input only in dynamic_model (video_model's loss ignores them entirely)
+    act = _actions_changed(b)
+    assert loss_in_mode(policy, "dynamic_model", act).terms["loss"] != base["dynamic_model"]
+    assert loss_in_mode(policy, "video_model", act).terms["loss"] == base["video_model"]
+
+
+def test_network_flow_policy_and_dynamics(policy):
+    net = policy.model
+    g = torch.Generator().manual_seed(0)
+    hist = torch.randn(2, 4, 4, 4, 4, generator=g)
+    fut = torch.randn(2, 4, 4, 4, 4, generator=g)
+    acts = torch.randn(2, 16, 2, generator=g)
+    with torch.no_grad():
+        z_pol = net(None, hist)
+        all_masked = torch.ones(2, 16, dtype=torch.bool)
+        assert torch.allclose(net(fut, hist, future_mask=all_masked), z_pol, atol=1e-6)  # fake everywhere
+        z_dyn = net(fut, hist, future_mask=all_masked, actions=acts)
+        assert not torch.allclose(z_dyn, net(fut, hist, future_mask=all_masked, actions=acts + 1), atol=1e-4)
+        # masked positions carry no information about the future latents there
+        half = torch.zeros(2, 16, dtype=torch.bool)
+        half[:, 8:] = True
+        fut2 = fut.clone().flatten(3)
+        fut2[..., 8:] += 5.0
+        z1 = net(fut, hist, future_mask=half)
+        z2 = net(fut2.reshape_as(fut), hist, future_mask=half)
+        assert torch.allclose(z1, z2, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- inference
+def _count_calls(module: torch.nn.Module, counts: dict, key: str) -> list:
+    """Forward pre-hooks on the module and every submodule (samplers call submodules, not net.forward)."""
+    def hook(*_):
+        counts[key] += 1
+    return [m.register_forward_pre_hook(hook) for m in module.modules()]
+
+
+def test_predict_action_never_runs_video_head_or_decoder(policy):
+    calls = {"video_head": 0, "decoder": 0, "action_head": 0, "encoder": 0}
+    hooks = (_count_calls(policy.model.diffloss, calls, "video_head")
+             + _count_calls(policy.tokenizer.decoder, calls, "decoder")
+             + _count_calls(policy.tokenizer.encoder, calls, "encoder")
+             + _count_calls(policy.model.diffactloss.net, calls, "action_head"))
+    try:
+        for sampler, steps in (("ddpm", 8), ("ddim", 4), ("dpm", 3)):
+            out = policy.predict_action(obs(b=2), sampler=sampler, num_steps=steps,
+                                        generator=torch.Generator().manual_seed(0))
+            assert out["action"].shape == (2, 8, 2) and out["action_pred"].shape == (2, 16, 2)
+        assert calls["video_head"] == 0 and calls["decoder"] == 0
+        assert calls["action_head"] > 0 and calls["encoder"] > 0
+        vid = policy.predict_video(obs(), num_iter=1, generator=torch.Generator().manual_seed(0))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert vid["frames"].dtype == torch.uint8 and vid["frames"].shape == (1, 4, 32, 32, 3)
+    assert calls["video_head"] > 0 and calls["decoder"] > 0  # the same counters fire when the video path runs
+
+
+def test_seeded_sampling_is_deterministic(policy):
+    o = obs(b=2, seed=4)
+    a1 = policy.predict_action(o, generator=torch.Generator().manual_seed(7))["action_pred"]
+    a2 = policy.predict_action(o, generator=torch.Generator().manual_seed(7))["action_pred"]
+    a3 = policy.predict_action(o, generator=torch.Generator().manual_seed(8))["action_pred"]
+    assert torch.equal(a1, a2) and not torch.equal(a1, a3)
+    v1 = policy.predict_video(o, num_iter=3, generator=torch.Generator().manual_seed(7), decode=False)["latent"]
+    v2 = policy.predict_video(o, num_iter=3, generator=torch.Generator().manual_seed(7), decode=False)["latent"]
+    assert torch.equal(v1, v2)
+
+
+def test_cfg_one_equals_unguided_and_guidance_changes_output(policy):
+    cond = policy.condition(obs(seed=2))
+    kw = dict(num_iter=2, temperature=1.0)
+    plain = policy.sample_video(cond, None, cfg=1.0, generator=torch.Generator().manual_seed(0), **kw)["latent"]
+    doubled = policy.sample_video(cond, None, cfg=1.0, force_guidance=True, generator=torch.Generator().manual_seed(0),
+                                  **kw)["latent"]
+    guided = policy.sample_video(cond, None, cfg=3.0, generator=torch.Generator().manual_seed(0), **kw)["latent"]
+    assert torch.allclose(plain, doubled, atol=1e-5)
+    assert not torch.allclose(plain, guided, atol=1e-3)
+    a1 = policy.sample_actions(cond, cfg=1.0, generator=torch.Generator().manual_seed(0))
+    a3 = policy.sample_actions(cond, cfg=3.0, generator=torch.Generator().manual_seed(0))
+    assert a1.shape == a3.shape == (1, 16, 2) and not torch.allclose(a1, a3)
+
+
+def test_video_dynamics_inverse_plan_rollout_shapes(policy):
+    o = obs(b=2, seed=1)
+    acts = torch.randn(2, 16, 2)
+    g = torch.Generator().manual_seed(0)
+    d1 = policy.predict_video(o, actions=acts, generator=torch.Generator().manual_seed(0), decode=False)["latent"]
+    d2 = policy.predict_video(o, actions=acts + 1, generator=torch.Generator().manual_seed(0), decode=False)["latent"]
+    assert d1.shape == (2, 4, 4, 4, 4) and not torch.allclose(d1, d2)  # forward dynamics uses the actions
+    inv = policy.inverse_dynamics(None, torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8), generator=g)
+    assert inv["action_pred"].shape == (2, 16, 2)
+    plan = policy.plan(o, num_iter=2, generator=g)
+    assert plan["action"].shape == (2, 8, 2) and plan["frames"].shape == (2, 4, 32, 32, 3)
+    roll = policy.rollout_video(o, "policy", n_chunks=2, num_iter=1, generator=g)
+    assert roll["latent"].shape == (2, 8, 4, 4, 4) and roll["action"].shape == (2, 32, 2)
+    assert roll["frames"].shape == (2, 8, 32, 32, 3)
+    roll = policy.rollout_video(o, torch.zeros(2, 48, 2), n_chunks=3, decode=False, generator=g)
+    assert roll["latent"].shape == (2, 12, 4, 4, 4)
+
+
+def test_plan_with_dynamics_picks_the_goal_matching_candidate(policy):
+    o = obs(b=1, seed=3)
+    cands = torch.randn(1, 3, 16, 2)
+    g = torch.Generator().manual_seed(0)
+    res = policy.plan_with_dynamics(o, cands, goal=lambda lat: -lat.flatten(1).abs().mean(1), generator=g)
+    assert res["scores"].shape == (1, 3) and res["latent"].shape == (1, 3, 4, 4, 4, 4)
+    assert torch.equal(res["action"][0], cands[0, res["index"][0]])
+    # a goal equal to candidate 1's own predicted last frame must select candidate 1
+    target = res["latent"][:, 1, -1]
+    res2 = policy.plan_with_dynamics(o, cands, goal=target, generator=torch.Generator().manual_seed(0))
+    assert res2["index"].tolist() == [1]
+    res3 = policy.plan_with_dynamics(o, lambda ob, k: torch.zeros(1, k, 16, 2), n_candidates=2,
+                                     goal=torch.randint(0, 256, (1, 40, 40, 3), dtype=torch.uint8))
+    assert res3["scores"].shape == (1, 2)
+
+
+def test_observation_errors_are_clear(policy):
+    from videoaction.data.errors import VideoActionError
+
+    with pytest.raises(VideoActionError, match="expected \\(B, 16, H, W, 3\\)"):
+        policy.predict_action(obs(t=8))
+    with pytest.raises(VideoActionError, match="actions: expected shape"):
+        policy.predict_video(obs(), actions=torch.zeros(1, 5, 2))
