@@ -285,3 +285,58 @@ def test_chunk_executor_drives_from_a_real_server(server, obs, policy):
     lo, hi = (t.numpy() for t in policy.normalizer.data_range("action"))
     assert len(actions) == 20 and all(a.shape == (2,) and (a >= lo).all() and (a <= hi).all() for a in actions)
     assert stats.executed == 20 and stats.chunks >= 2 and stats.latency_s > 0
+
+
+def _tiny_language_uva(directory):
+    """A tiny real UVA with a learned task-embedding language input, saved and loaded like a checkpoint."""
+    from videoaction.models.base import load_policy
+    from videoaction.models.uva.config import uva_tiny
+    from videoaction.models.uva.policy import UVAPolicy
+    from videoaction.nn.diffusion import DiffusionHeadConfig
+
+    cfg = uva_tiny()
+    cfg.dataset.image_size, cfg.dataset.horizon = 32, 16
+    cfg.dataset.frames.offset, cfg.dataset.frames.stride = 1, 2
+    m = cfg.model
+    m.width, m.encoder_depth, m.decoder_depth, m.num_heads = 32, 1, 1, 2
+    m.video_head = DiffusionHeadConfig(width=32, depth=1, sample_steps=2)
+    m.action_head = DiffusionHeadConfig(width=32, depth=1, sample_steps=2, clip_denoised=True)
+    m.n_actions, m.n_action_steps, m.obs_image_size = 8, 4, 32
+    m.tokenizer.channels = (8, 8, 8)
+    m.language, m.text.kind, m.text.vocabulary, m.text.dim, m.text_dim = True, "task_embedding", ("push", "pull"), 16, 16
+    torch.manual_seed(0)
+    UVAPolicy(cfg, allow_random_tokenizer=True).save_pretrained(directory)
+    return load_policy(directory)
+
+
+def test_language_uva_policy_served(tmp_path):
+    policy = _tiny_language_uva(tmp_path)
+    with ServerThread(policy, ServeConfig(port=0, max_batch=4)) as srv, PolicyClient("127.0.0.1", srv.port) as client:
+        md = client.metadata
+        assert md["model_family"] == "uva" and md["language"] is True
+        assert md["observation"]["language"] == {"shape": [], "dtype": "str"}
+        obs = random_observation({"observation": {k: v for k, v in md["observation"].items() if k != "language"}},
+                                 np.random.default_rng(0))
+        a = client.infer(dict(obs, language="push"))["actions"]
+        assert a.shape == (md["n_action_steps"], md["action_dim"]) and np.isfinite(a).all()
+        assert client.infer(dict(obs, prompt="pull"))["actions"].shape == a.shape  # openpi's key for the instruction
+        with pytest.raises(ServerError, match="unknown instruction 'fly'"):  # the model's own error, one frame
+            client.infer(dict(obs, language="fly"))
+        with pytest.raises(ServerError, match="key 'language': expected a string"):
+            client.infer(dict(obs, language=np.zeros(3, np.float32)))
+        # a batch holding one bad instruction: only that request fails
+        errors, oks = [], []
+
+        def one(text):
+            with PolicyClient("127.0.0.1", srv.port) as c:
+                try:
+                    oks.append(c.infer(dict(obs, language=text))["actions"])
+                except ServerError as exc:
+                    errors.append(str(exc))
+
+        threads = [threading.Thread(target=one, args=(t,)) for t in ("push", "fly", "pull", "push")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(oks) == 3 and len(errors) == 1 and "fly" in errors[0]

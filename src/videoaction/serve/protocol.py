@@ -26,6 +26,7 @@ MAX_NDIM = 8
 MAX_STR_LEN = 4096  # characters of a string observation (a language instruction)
 ALLOWED_KINDS = "biufUS"  # bool, int, uint, float, unicode, bytes; never O (object), V (void), c (complex)
 STRING_DTYPES = ("str", "string")  # ObsSpec dtype of a text observation (e.g. a language instruction)
+ALIASES = {"prompt": "language"}  # openpi clients send the instruction as "prompt"
 
 
 class RequestError(VideoActionError):
@@ -134,6 +135,9 @@ def validate_observation(obs: Any, spec: Mapping[str, tuple[tuple[int, ...], str
     bad_keys = [k for k in obs if not isinstance(k, str)]
     if bad_keys:
         raise RequestError(f"observation keys must be strings, found {bad_keys[0]!r:.40}")
+    for alias, target in ALIASES.items():
+        if alias in obs and target in spec and alias not in spec and target not in obs:
+            obs = {(target if k == alias else k): v for k, v in obs.items()}
     missing = sorted(set(spec) - set(obs))
     extra = sorted(set(obs) - set(spec))
     if missing or extra:

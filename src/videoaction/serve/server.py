@@ -67,6 +67,9 @@ class PolicyRunner:
     def __init__(self, policy: Policy):
         self.policy = policy.eval()
         self.metadata = policy.metadata()
+        if self.metadata.get("language") and "language" not in self.metadata["observation"]:
+            # language-conditioned models take one instruction string per observation ("prompt" also accepted)
+            self.metadata["observation"]["language"] = {"shape": [], "dtype": "str"}
         self.spec = spec_from_metadata(self.metadata["observation"])
         self.low = self.high = None
         normalizer = getattr(policy, "normalizer", None)
@@ -78,7 +81,8 @@ class PolicyRunner:
             logger.warning("policy has no fitted action range: served actions are not clipped")
 
     def dummy_observation(self) -> dict[str, Any]:
-        return {k: ("" if dt in STRING_DTYPES else np.zeros(shape, dtype=dt)) for k, (shape, dt) in self.spec.items()}
+        text = _first_instruction(self.policy)
+        return {k: (text if dt in STRING_DTYPES else np.zeros(shape, dtype=dt)) for k, (shape, dt) in self.spec.items()}
 
     def infer_batch(self, observations: list[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, float]:
         """-> (actions (B, n, A) float32 clipped, finite (B,) bool, model milliseconds)."""
@@ -128,29 +132,39 @@ class _Batcher:
             await asyncio.sleep(min(0.0005, max(0.0, deadline - time.perf_counter())))
         return [b for b in batch if not b[1].done()]  # skip requests whose client is gone
 
+    async def _run(self, batch: list) -> None:
+        t_start = time.perf_counter()
+        try:
+            actions, finite, model_ms = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.runner.infer_batch, [b[0] for b in batch])
+        except Exception as exc:  # a model failure answers the request, it does not stop the server
+            if len(batch) > 1:  # one bad observation (e.g. an unknown instruction) must not fail the others
+                for item in batch:
+                    await self._run([item])
+                return
+            logger.warning("inference failed: %s: %s", type(exc).__name__, exc)
+            self.stats.failed += 1
+            if not batch[0][1].done():
+                batch[0][1].set_exception(exc)
+            return
+        self.stats.batches += 1
+        self.stats.batch_sizes[len(batch)] = self.stats.batch_sizes.get(len(batch), 0) + 1
+        for i, (_, fut, t_enq) in enumerate(batch):
+            if not fut.done():
+                fut.set_result((actions[i], bool(finite[i]), {
+                    "model_ms": model_ms, "queue_ms": (t_start - t_enq) * 1000.0, "batch_size": len(batch)}))
+
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            if not batch:
-                continue
-            t_start = time.perf_counter()
-            try:
-                actions, finite, model_ms = await loop.run_in_executor(
-                    self.pool, self.runner.infer_batch, [b[0] for b in batch])
-            except Exception as exc:  # a model failure answers these requests, it does not stop the server
-                logger.exception("inference failed for a batch of %d", len(batch))
-                self.stats.failed += len(batch)
-                for _, fut, _ in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            self.stats.batches += 1
-            self.stats.batch_sizes[len(batch)] = self.stats.batch_sizes.get(len(batch), 0) + 1
-            for i, (_, fut, t_enq) in enumerate(batch):
-                if not fut.done():
-                    fut.set_result((actions[i], bool(finite[i]), {
-                        "model_ms": model_ms, "queue_ms": (t_start - t_enq) * 1000.0, "batch_size": len(batch)}))
+            if batch:
+                await self._run(batch)
+
+
+def _first_instruction(policy: Policy) -> str:
+    """A valid instruction for the warm-up pass (task-embedding models only know their vocabulary)."""
+    vocabulary = getattr(getattr(getattr(getattr(policy, "cfg", None), "model", None), "text", None), "vocabulary", ())
+    return str(vocabulary[0]) if vocabulary else "do the task"
 
 
 class PolicyServer:
