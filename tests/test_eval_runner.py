@@ -162,3 +162,11 @@ def test_known_coverage_state_through_make_env():
         assert M.pusht_coverage(info["block_pose"]) == 0.0
     finally:
         env.close()
+
+
+def test_async_vector_env_matches_sync():
+    seeds = [100000, 100001, 100002]
+    sync = evaluate_policy(TowardBlock(), "pusht", seeds=seeds, n_envs=2, max_steps=6, progress=False)
+    asyn = evaluate_policy(TowardBlock(), "pusht", seeds=seeds, n_envs=2, max_steps=6, vector="async", progress=False)
+    key = [(e["seed"], e["steps"], e["max_coverage"]) for e in sync["tasks"]["pusht"]["episodes"]]
+    assert key == [(e["seed"], e["steps"], e["max_coverage"]) for e in asyn["tasks"]["pusht"]["episodes"]]

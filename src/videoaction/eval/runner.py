@@ -175,6 +175,22 @@ def _resize_frames(x: np.ndarray, hw) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ rollouts
+def _env_language(venv) -> list[str | None]:
+    """Task instruction per sub-env from the env attribute ``language`` / ``instruction`` (in-process envs only;
+    any env may also report ``info["language"]`` at reset, which takes precedence)."""
+    out: list[str | None] = [None] * venv.num_envs
+    for i, env in enumerate(getattr(venv, "envs", []) or []):
+        for name in ("language", "instruction"):
+            try:
+                v = env.get_wrapper_attr(name)
+            except AttributeError:
+                continue
+            if isinstance(v, str):
+                out[i] = v
+                break
+    return out
+
+
 def _info_at(info: Mapping[str, Any], key: str, i: int, default=None):
     if key in info and (f"_{key}" not in info or bool(info[f"_{key}"][i])):
         return info[key][i]
@@ -210,6 +226,7 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
     venv = _make_vector_env(spec, n_envs, seeds[0], env_fn, env_kwargs, vector)
     try:
         adapter.bind(venv.single_action_space)
+        language = _env_language(venv)  # instruction per slot (language-conditioned envs) or None
         queue = deque(enumerate(seeds))  # (episode index, seed)
         pending = [queue.popleft() for _ in range(n_envs)]
         obs, info = venv.reset(seed=[s for _, s in pending])
@@ -226,6 +243,8 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
         pbar = tqdm(total=len(seeds), desc=f"eval {spec}", unit="ep", disable=not progress, leave=False)
 
         def start(i: int, obs_i: dict, info_i: dict) -> None:
+            if isinstance(info_i.get("language"), str):
+                language[i] = info_i["language"]
             histories[i] = {k: deque([v] * T, maxlen=T) for k, v in obs_i.items()}
             actions_q[i].clear()
             cov = info_i.get("coverage")
@@ -239,7 +258,8 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
             return {k: v[i] for k, v in o.items()}
 
         def slot_info(inf, i):
-            return {k: _info_at(inf, k, i) for k in ("coverage", "is_success", "success") if _info_at(inf, k, i) is not None}
+            return {k: _info_at(inf, k, i) for k in ("coverage", "is_success", "success", "language")
+                    if _info_at(inf, k, i) is not None}
 
         for i in range(n_envs):
             start(i, slot_obs(obs, i), slot_info(info, i))
@@ -248,6 +268,8 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
             need = [i for i in range(n_envs) if slot_ep[i] is not None and not actions_q[i]]
             if need:
                 batch = {k: np.stack([np.stack(histories[i][k]) for i in need]) for k in histories[need[0]]}
+                if all(language[i] is not None for i in need):
+                    batch["language"] = [language[i] for i in need]
                 tp = time.perf_counter()
                 chunk = adapter.act(batch)  # (len(need), Ta, A)
                 policy_s += time.perf_counter() - tp
