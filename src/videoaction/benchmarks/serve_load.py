@@ -117,15 +117,16 @@ def load_test(policy: Policy, clients: int = 8, requests: int = 200, max_batch: 
 
 def run(quick: bool = False) -> dict:
     """8 clients x 200 requests (quick: 8 x 25) on loopback against a tiny DP; batched (8) and, unless quick,
-    unbatched for comparison. Raises if any request failed."""
+    unbatched for comparison; plus one client alone (the overhead without queueing). Raises if any request failed."""
     from videoaction.benchmarks.timing import machine_info
 
     policy = tiny_policy()
     requests = 25 if quick else 200
-    out = {"machine": machine_info(), "batched": load_test(policy, 8, requests, max_batch=8)}
+    out = {"machine": machine_info(), "single_client": load_test(policy, 1, requests, max_batch=8),
+           "batched": load_test(policy, 8, requests, max_batch=8)}
     if not quick:
         out["unbatched"] = load_test(policy, 8, requests, max_batch=1)
-    for name in ("batched", "unbatched"):
+    for name in ("single_client", "batched", "unbatched"):
         if name in out:
             r = out[name]
             print(f"serve_load [{name}, max_batch={r['max_batch']}]: {r['clients']} clients x {r['requests_per_client']} "

@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interface to bind (default 127.0.0.1; use 0.0.0.0 only on a trusted network, with --api-key)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("VIDEOACTION_API_KEY"),
-                   help="require 'Authorization: Api-Key TOKEN' (default: $VIDEOACTION_API_KEY, else no auth)")
+                   help="require 'Authorization: Api-Key TOKEN' (default: $VIDEOACTION_API_KEY, else no auth; prefer the "
+                        "variable: a flag is visible to other users in the process list)")
     p.add_argument("--max-message-bytes", type=int, default=8 * 2**20, help="largest request accepted (bytes)")
     p.add_argument("--max-batch", type=int, default=8, help="most requests stacked into one forward pass (1 = off)")
     p.add_argument("--batch-window-ms", type=float, default=2.0,

@@ -141,7 +141,8 @@ def validate_observation(obs: Any, spec: Mapping[str, tuple[tuple[int, ...], str
     missing = sorted(set(spec) - set(obs))
     extra = sorted(set(obs) - set(spec))
     if missing or extra:
-        parts = ([f"missing key(s) {missing}"] if missing else []) + ([f"unexpected key(s) {extra[:8]}"] if extra else [])
+        shown = [k if len(k) <= 40 else k[:37] + "..." for k in extra[:8]]
+        parts = ([f"missing key(s) {missing}"] if missing else []) + ([f"unexpected key(s) {shown}"] if extra else [])
         raise RequestError(f"{'; '.join(parts)}; expected exactly {sorted(spec)}")
     out: dict[str, Any] = {}
     for key, (shape, dtype) in spec.items():

@@ -219,13 +219,13 @@ class PolicyServer:
                     obs = decode_request(message, self.runner.spec)
                 except RequestError as exc:
                     self._batcher.stats.bad_requests += 1
-                    await ws.send(f"bad request: {exc}")
+                    await ws.send(_clip(f"bad request: {exc}"))
                     continue
                 t_decoded = time.perf_counter()
                 try:
                     actions, finite, timing = await self._batcher.submit(obs)
                 except Exception as exc:
-                    await ws.send(f"inference failed: {type(exc).__name__}: {exc}")
+                    await ws.send(_clip(f"inference failed: {type(exc).__name__}: {exc}"))
                     continue
                 if not finite:
                     self._batcher.stats.failed += 1
@@ -265,6 +265,11 @@ class PolicyServer:
         finally:
             worker.cancel()
             self._batcher.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _clip(text: str, limit: int = 2000) -> str:
+    """Error replies stay short even when they quote what the client sent."""
+    return text if len(text) <= limit else text[: limit - 15] + " ...(truncated)"
 
 
 def _warn_if_exposed(cfg: ServeConfig) -> None:
