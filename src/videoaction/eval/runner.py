@@ -338,7 +338,8 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
                     stop_on_success: bool = True, progress: bool = True, torch_seed: int = 0,
                     video_fps: int = 10, video_upscale: int = 1, predict_kwargs: Mapping[str, Any] | None = None,
                     extra: Mapping[str, Any] | None = None) -> dict:
-    """Evaluate ``policy`` (a videoaction Policy or a callable ``obs -> (B, Ta, A)``) in ``env_spec``.
+    """Evaluate ``policy`` (a videoaction Policy, a checkpoint directory, or a callable ``obs -> (B, Ta, A)``;
+    callables with ``n_obs_steps == 1`` get unstacked ``(B, ...)`` observations) in ``env_spec``.
 
     ``env_spec``: ``pusht``, ``pusht-m``, a PushT robustness variant, ``metaworld:<task>[,<task>...]`` or
     ``metaworld:MT10`` / ``MT50`` (each task gets the same seed list). ``seeds`` default to
@@ -356,6 +357,10 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
         seeds = default_seeds(env_spec, n_episodes, TEST_SEED_START if seed is None else int(seed))
     seeds = [int(s) for s in seeds]
     max_steps = int(max_steps or DEFAULT_MAX_STEPS.get(family, 300))
+    if isinstance(policy, (str, Path)):  # a checkpoint (or run) directory
+        from videoaction.models.base import load_policy
+
+        policy = load_policy(policy)
     adapter = policy if isinstance(policy, PolicyAdapter) else PolicyAdapter(policy, predict_kwargs, seed=torch_seed)
     out = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(torch_seed)
