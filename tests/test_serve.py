@@ -10,7 +10,6 @@ import subprocess
 import sys
 import socket
 import threading
-import time
 
 import msgpack
 import numpy as np

@@ -139,7 +139,10 @@ class PolicyClient:
                 raise ServerUnavailable(f"{self.uri}: no reply within {self.timeout:.1f} s") from None
             if isinstance(reply, str):
                 raise ServerError(f"policy server error: {reply}")
-            result = unpackb(reply)
+            try:
+                result = unpackb(reply)
+            except RequestError as exc:
+                raise ServerError(f"malformed reply from the server: {exc}") from None
             if not isinstance(result, dict) or "actions" not in result:
                 raise ServerError(f"malformed reply from the server: {type(result).__name__}")
             return result
