@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                         best_metric=args.best_metric, best_mode=args.best_mode, val_batches=args.val_batches,
                         progress=not args.no_progress, eval_fn=_eval_fn(args))
     result = train(cfg, opts)
-    if result.losses:
+    if result.losses and result.is_main:
         print(f"done: step {result.step}, last loss {result.losses[-1]:.4f}; checkpoint {result.checkpoint}")
     return 0
 

@@ -108,11 +108,6 @@ def _match_latent_store(cfg, tok, store: EpisodeStore, log: Log) -> dict:
                                   f"longer exists; pass --model.tokenizer.path (the model decodes with it)")
         tok.path = stored["path"]
         log(f"latent cache: using the tokenizer the store was encoded with ({tok.path})")
-    for key in ("kind", "latent_channels", "stride"):
-        if stored.get(key) != getattr(tok, key):
-            raise TrainSetupError(f"{store.path}: latents were encoded by a {stored.get('kind')} tokenizer with "
-                                  f"{key}={stored.get(key)!r} but the model's tokenizer has {key}="
-                                  f"{getattr(tok, key)!r}; re-encode with the run's tokenizer")
     fp = weights_fingerprint(tok.path)
     if info.get("fingerprint") and fp and fp != info["fingerprint"]:
         raise TrainSetupError(f"{store.path}: latents were encoded with other tokenizer weights (sha256 "
@@ -122,12 +117,31 @@ def _match_latent_store(cfg, tok, store: EpisodeStore, log: Log) -> dict:
         if key in info and info[key] != getattr(cfg.dataset, key):
             raise TrainSetupError(f"{store.path}: latents were encoded at dataset.{key}={info[key]} but the run "
                                   f"uses dataset.{key}={getattr(cfg.dataset, key)}")
-    c, h, w = store.spec(cfg.dataset.latent_key)[0]
+    return {"latent_cache": str(store.path), "tokenizer": tok.path}
+
+
+def check_latent_fit(cfg, dataset) -> None:
+    """After the model resolved its tokenizer: the latent store's tokenizer and latent shape match it."""
+    if not dataset.use_latents:
+        return
+    tok, path = _tokenizer_cfg(cfg), dataset.store.path
+    if tok is None:
+        raise TrainSetupError(f"{path} is a latent store, but the {cfg.family} model reads images; train it on the "
+                              f"image store")
+    stored = (latent_cache_info(dataset.store) or {}).get("tokenizer", {})
+    for key in ("kind", "latent_channels", "stride"):
+        if stored.get(key) != getattr(tok, key):
+            raise TrainSetupError(f"{path}: latents were encoded by a {stored.get('kind')} tokenizer with {key}="
+                                  f"{stored.get(key)!r} but the model's tokenizer has {key}={getattr(tok, key)!r}; "
+                                  f"re-encode with the run's tokenizer")
+    if stored.get("scale") is not None and tok.scale is not None and abs(stored["scale"] - tok.scale) > 1e-6 * abs(tok.scale):
+        raise TrainSetupError(f"{path}: latents were scaled by {stored['scale']} but the model's tokenizer scale is "
+                              f"{tok.scale}; re-encode with the run's tokenizer")
+    c, h, w = dataset.frame_shape
     s = cfg.dataset.image_size // tok.stride
     if (c, h, w) != (tok.latent_channels, s, s):
-        raise TrainSetupError(f"{store.path}: latents are ({c}, {h}, {w}) per frame but the model expects "
-                              f"({tok.latent_channels}, {s}, {s})")
-    return {"latent_cache": str(store.path), "tokenizer": tok.path}
+        raise TrainSetupError(f"{path}: latents are ({c}, {h}, {w}) per frame but the model expects "
+                              f"({tok.latent_channels}, {s}, {s}) at dataset.image_size {cfg.dataset.image_size}")
 
 
 # ------------------------------------------------------------------------------------------ sizes

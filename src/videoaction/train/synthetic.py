@@ -53,3 +53,22 @@ def make_store(path, n_episodes: int = 8, length: int = 40, image_size: int = 32
         store.add_episode({"img": frames, "state": pos[:length].copy(), "action": action[:, :action_dim]},
                           meta={"seed": e, "success": True})
     return Path(path)
+
+
+# Overrides that make ``uva-tiny`` really tiny (a few seconds per dozen steps on a CPU), for tests/benchmarks.
+TINY_UVA = ["--dataset.image-size", "32", "--model.width", "32", "--model.encoder-depth", "1",
+            "--model.decoder-depth", "1", "--model.num-heads", "2", "--model.video-head.width", "32",
+            "--model.video-head.depth", "1", "--model.action-head.width", "32", "--model.action-head.depth", "1",
+            "--optim.batch-size", "8", "--optim.warmup-steps", "5"]
+TINY_DP = ["--dataset.image-size", "32", "--model.backbone-width", "8", "--model.down-dims", "16", "32",
+           "--model.step-embed-dim", "16", "--model.num-keypoints", "8", "--model.image-feature-dim", "16",
+           "--optim.batch-size", "8", "--optim.warmup-steps", "5"]
+
+
+def tiny_tokenizer(store_path, out_dir, image_size: int = 32, steps: int = 20) -> Path:
+    """A small autoencoder (widths 8/16/32) trained for a few steps on ``store_path`` (for tests)."""
+    from videoaction.nn.tokenizer import TokenizerConfig
+    from videoaction.train.tokenizer import train_tokenizer
+
+    return Path(train_tokenizer(store_path, out_dir, TokenizerConfig(kind="small", channels=(8, 16, 32)),
+                                steps=steps, batch_size=16, image_size=image_size, progress=False, log=None))

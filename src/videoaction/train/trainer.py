@@ -28,7 +28,7 @@ from videoaction.train import checkpoint as ck
 from videoaction.train.ema import EMA
 from videoaction.train.loader import BatchOrder, OrderState, make_loader, move_batch
 from videoaction.train.metrics import MetricsLogger
-from videoaction.train.setup import (batch_shapes, check_policy_fits, count_params, fill_model_sizes,
+from videoaction.train.setup import (batch_shapes, check_latent_fit, check_policy_fits, count_params, fill_model_sizes,
                                      init_from_mar_weights, load_init, param_groups, prepare_tokenizer)
 
 
@@ -61,6 +61,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # logged losses of this invocation
     best: dict | None = None
     reports: dict = field(default_factory=dict)
+    is_main: bool = True
 
 
 class _LossModule(nn.Module):
@@ -130,6 +131,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.policy = family_class(cfg.family)(cfg)
         check_policy_fits(self.policy, self.dataset)
+        check_latent_fit(cfg, self.dataset)
         self.policy.set_normalizer(normalizer)
         if cfg.init and self.resume_from is None:
             self.reports["init"] = load_init(self.policy, cfg.init, opts.init_partial, self.log)
@@ -324,7 +326,7 @@ class Trainer:
         if self.step >= cfg.steps:
             self.log(f"already at step {self.step} >= steps {cfg.steps}; nothing to do")
             ckpt = ck.read_pointer(self.run_dir / ck.CHECKPOINTS, ck.LATEST)
-            return TrainResult(self.run_dir, self.step, ckpt, losses, self.best, self.reports)
+            return TrainResult(self.run_dir, self.step, ckpt, losses, self.best, self.reports, self.main)
         old_handler = signal.signal(signal.SIGTERM, self._on_signal) if self._in_main_thread() else None
         from tqdm.auto import tqdm
 
@@ -375,7 +377,7 @@ class Trainer:
         if self.main and self.best:
             self.log(f"best {self.best['metric']} {self.best['value']:.4g} at step {self.best['step']}")
         acc.wait_for_everyone()
-        return TrainResult(self.run_dir, self.step, ckpt, losses, self.best, self.reports)
+        return TrainResult(self.run_dir, self.step, ckpt, losses, self.best, self.reports, self.main)
 
     @staticmethod
     def _in_main_thread() -> bool:
