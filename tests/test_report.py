@@ -90,3 +90,16 @@ def test_report_opens_in_headless_chromium(tmp_path):
     body = re.search(r"<body[^>]*>", dom).group(0)
     assert 'data-images-loaded="2/2"' in body, body
     assert 'data-videos-loaded="1/1"' in body, body
+
+
+def test_report_several_environments(tmp_path):
+    results, baseline, _, _ = _fake_results(tmp_path)
+    mw = {"env": "metaworld:reach,drawer-open", "name": "uva-tiny",
+          "metrics": {"success_rate": 0.25, "n_episodes": 4},
+          "tasks": {t: {"metrics": {"success_rate": v}, "episodes": [
+              {"seed": 100000, "success": v > 0, "steps": 7, "max_reward": 1.0, "max_coverage": None}]}
+              for t, v in (("metaworld:reach", 0.5), ("metaworld:drawer-open", 0.0))}}
+    text = write_report(tmp_path / "out", [results, mw], baselines={"random": baseline}).read_text()
+    rows = re.findall(r"<tr><td class='l'>([^<]+)</td><td class='l'>([^<]+)</td>", text)
+    assert rows[:3] == [("uva-tiny", "pusht"), ("random", "pusht"), ("uva-tiny", "metaworld:reach,drawer-open")]
+    assert "metaworld:drawer-open" in text and "uva-tiny — per task" in text

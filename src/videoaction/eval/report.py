@@ -82,19 +82,22 @@ def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
     return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _headline_rows(results: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]] | None) -> list[dict]:
-    named = [(results.get("name") or results.get("policy") or "model", results)]
-    named += list((baselines or {}).items())
+def _headline_rows(runs: Sequence[Mapping[str, Any]], baselines: Mapping[str, Mapping[str, Any]] | None) -> list[dict]:
+    """One row per evaluated policy; baselines grouped under the model row of the same environment."""
+    named = [(r.get("name") or r.get("policy") or "model", r) for r in runs]
+    base = list((baselines or {}).items())
+    envs = list(dict.fromkeys([r.get("env") for _, r in named] + [r.get("env") for _, r in base]))
     rows = []
-    for name, res in named:
-        m = res.get("metrics", {})
-        row = {"policy": name, "env": res.get("env"), "episodes": m.get("n_episodes")}
-        if "dp_score" in m:
-            row["DP score"] = m["dp_score"]
-        row["success rate"] = m.get("success_rate")
-        if "mean_max_coverage" in m:
-            row["mean max coverage"] = m["mean_max_coverage"]
-        rows.append(row)
+    for env in envs:
+        for name, res in [x for x in named if x[1].get("env") == env] + [x for x in base if x[1].get("env") == env]:
+            m = res.get("metrics", {})
+            row = {"policy": name, "env": env, "episodes": m.get("n_episodes")}
+            if "dp_score" in m:
+                row["DP score"] = m["dp_score"]
+            row["success rate"] = m.get("success_rate")
+            if "mean_max_coverage" in m:
+                row["mean max coverage"] = m["mean_max_coverage"]
+            rows.append(row)
     return rows
 
 
@@ -212,12 +215,13 @@ def _normalise_extra(extra_sections) -> list[tuple[str, str]]:
     return out
 
 
-def write_report(out_dir, results: Mapping[str, Any] | None, run_dir=None, extra_sections: Iterable = (),
+def write_report(out_dir, results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, run_dir=None, extra_sections: Iterable = (),
                  baselines: Mapping[str, Mapping[str, Any]] | None = None, video_results: Mapping[str, Any] | None = None,
                  title: str | None = None, media_root=None, config: Mapping[str, Any] | None = None) -> Path:
     """Write ``out_dir/report.html`` (+ PNG curves) and return its path.
 
-    ``results``: :func:`~videoaction.eval.runner.evaluate_policy` output (may be None for a video-only report);
+    ``results``: :func:`~videoaction.eval.runner.evaluate_policy` output, or a list of them (several envs), or
+    None for a video-only report;
     ``baselines``: name -> results of baseline policies (shown in the headline table); ``video_results``:
     :func:`~videoaction.eval.video_eval.evaluate_video` output; ``run_dir``: a training run directory (its
     ``metrics.jsonl`` files become curves, its ``config.json`` the config section); ``media_root``: where the
@@ -228,19 +232,26 @@ def write_report(out_dir, results: Mapping[str, Any] | None, run_dir=None, extra
     out.mkdir(parents=True, exist_ok=True)
     src = Path(media_root) if media_root is not None else None
     parts: list[str] = []
-    res = dict(results or {})
-    heading = title or f"videoaction report — {res.get('env', (video_results or {}).get('data', ''))}"
+    if results is None:
+        runs: list[dict] = []
+    elif isinstance(results, Mapping):
+        runs = [dict(results)]
+    else:
+        runs = [dict(r) for r in results]
+    res = runs[0] if runs else {}
+    envs = ", ".join(dict.fromkeys(str(r.get("env")) for r in runs)) or (video_results or {}).get("data", "")
+    heading = title or f"videoaction report — {envs}"
     toc: list[tuple[str, str]] = []
 
     def add(t: str, body: str, anchor: str) -> None:
         toc.append((anchor, t))
         parts.append(_section(t, body, anchor))
 
-    if res or baselines:
-        body = html_table(_headline_rows(res, baselines), cls="headline")
-        if res.get("metric_definitions"):
-            body += "<ul class='note'>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>"
-                                                   for k, v in res["metric_definitions"].items()) + "</ul>"
+    if runs or baselines:
+        body = html_table(_headline_rows(runs, baselines), cls="headline")
+        defs = {k: v for r in runs for k, v in (r.get("metric_definitions") or {}).items()}
+        if defs:
+            body += "<ul class='note'>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in defs.items()) + "</ul>"
         add("Headline", body, "headline")
     if video_results:
         vm = video_results.get("table") or []
@@ -248,16 +259,15 @@ def write_report(out_dir, results: Mapping[str, Any] | None, run_dir=None, extra
         for note in video_results.get("notes", []):
             body += f"<p class='note'>{_e(note)}</p>"
         add("Video and dynamics metrics (held-out episodes)", body, "video-metrics")
-    if res.get("tasks"):
-        body = ""
-        if len(res["tasks"]) > 1:
-            body += html_table([{"task": k, **{kk: v for kk, v in t["metrics"].items()}} for k, t in res["tasks"].items()],
-                               cls="per-task")
-        for task, t in res["tasks"].items():
-            body += f"<h3>{_e(task)}</h3>" + html_table(_episode_rows(t), cls="per-episode")
-        add("Success per task and seed", body, "episodes")
-        figs = []
-        for task, t in res["tasks"].items():
+    body, figs = "", []
+    for r in runs:
+        tasks = r.get("tasks") or {}
+        label = f"{r.get('name') or r.get('policy') or 'model'} — " if len(runs) > 1 else ""
+        if len(tasks) > 1:
+            body += f"<h3>{_e(label)}per task</h3>" + html_table(
+                [{"task": k, **dict(t["metrics"])} for k, t in tasks.items()], cls="per-task")
+        for task, t in tasks.items():
+            body += f"<h3>{_e(label + task)}</h3>" + html_table(_episode_rows(t), cls="per-episode")
             for ep in t["episodes"]:
                 rel = ep.get("video") and _copy_media(ep["video"], src, out)
                 if rel:
@@ -265,8 +275,10 @@ def write_report(out_dir, results: Mapping[str, Any] | None, run_dir=None, extra
                     figs.append(f"<figure><video controls loop muted playsinline preload='metadata' width='256' "
                                 f"src='{_e(rel)}'></video><figcaption>{_e(task)} seed {ep['seed']} — {ok}, "
                                 f"{ep['steps']} steps</figcaption></figure>")
-        if figs:
-            add("Rollout videos", f"<div class='media'>{''.join(figs)}</div>", "rollouts")
+    if body:
+        add("Success per task and seed", body, "episodes")
+    if figs:
+        add("Rollout videos", f"<div class='media'>{''.join(figs)}</div>", "rollouts")
     if video_results and video_results.get("grids"):
         figs = []
         for g in video_results["grids"]:
@@ -299,8 +311,9 @@ def write_report(out_dir, results: Mapping[str, Any] | None, run_dir=None, extra
         add(t, body, "extra-" + "".join(c if c.isalnum() else "-" for c in t.lower()))
     if run_cfg:
         add("Config", f"<pre>{_e(json.dumps(run_cfg, indent=2, default=str))}</pre>", "config")
-    facts = {k: res[k] for k in ("env", "policy", "checkpoint", "seeds", "protocol", "versions", "timing", "created_utc")
-             if k in res}
+    keys = ("env", "policy", "checkpoint", "seeds", "protocol", "versions", "timing", "created_utc")
+    per_run = [{k: r[k] for k in keys if k in r} for r in runs]
+    facts: dict[str, Any] = {"runs": per_run} if len(per_run) > 1 else (per_run[0] if per_run else {})
     if video_results:
         facts["video_eval"] = {k: v for k, v in video_results.items() if k not in ("table", "grids", "notes")}
     if facts:
