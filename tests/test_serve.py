@@ -10,6 +10,7 @@ import subprocess
 import sys
 import socket
 import threading
+import time
 
 import msgpack
 import numpy as np
@@ -339,3 +340,37 @@ def test_language_uva_policy_served(tmp_path):
         for t in threads:
             t.join()
         assert len(oks) == 3 and len(errors) == 1 and "fly" in errors[0]
+
+
+def test_non_finite_model_output_is_an_error_not_a_reply(tmp_path):
+    pol = tiny_policy(seed=2, directory=tmp_path)
+    pol.normalizer.fields["action"].scale.zero_()  # unnormalize divides by zero -> Inf/NaN actions
+    with ServerThread(pol, ServeConfig(port=0, warmup=False)) as srv, PolicyClient("127.0.0.1", srv.port) as client:
+        obs = random_observation(client.metadata, np.random.default_rng(0))
+        with pytest.raises(ServerError, match="NaN/Inf actions"):
+            client.infer(obs)
+        assert srv.server.stats.failed == 1
+
+
+def test_event_loop_stays_responsive_during_inference(tmp_path):
+    """Inference runs on a worker thread: health checks and new connections are served while the model works."""
+    slow = tiny_policy(seed=3, directory=tmp_path, sample_steps=100)  # ~0.3-1 s per forward pass here
+    with ServerThread(slow, ServeConfig(port=0, warmup=False)) as srv, PolicyClient("127.0.0.1", srv.port) as client:
+        obs = random_observation(client.metadata, np.random.default_rng(0))
+        done = {}
+        worker = threading.Thread(target=lambda: done.setdefault("reply", client.infer(obs)))
+        t0 = time.perf_counter()
+        worker.start()
+        time.sleep(0.05)
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        conn.close()
+        with PolicyClient("127.0.0.1", srv.port) as other:  # handshake + metadata while the model runs
+            assert other.metadata["model_family"] == "dp"
+        t_side = time.perf_counter() - t0
+        worker.join()
+        t_total = time.perf_counter() - t0
+        model_s = done["reply"]["policy_timing"]["infer_ms"] / 1000.0
+        assert model_s > 0.2 and t_total >= model_s
+        assert t_side - 0.05 < model_s / 2  # served well before the forward pass could have finished
