@@ -170,3 +170,38 @@ def test_async_vector_env_matches_sync():
     asyn = evaluate_policy(TowardBlock(), "pusht", seeds=seeds, n_envs=2, max_steps=6, vector="async", progress=False)
     key = [(e["seed"], e["steps"], e["max_coverage"]) for e in sync["tasks"]["pusht"]["episodes"]]
     assert key == [(e["seed"], e["steps"], e["max_coverage"]) for e in asyn["tasks"]["pusht"]["episodes"]]
+
+
+class _SeedLimit:
+    """env factory: make_env('pusht') whose episodes are truncated after 3 + seed % 4 steps (staggered ends)."""
+
+    def __call__(self, spec, seed, **kw):
+        import gymnasium as gym
+
+        class Limit(gym.Wrapper):
+            def reset(self, *, seed=None, options=None):
+                self.left = 3 + (seed or 0) % 4
+                return self.env.reset(seed=seed, options=options)
+
+            def step(self, action):
+                obs, r, term, trunc, info = self.env.step(action)
+                self.left -= 1
+                return obs, r, term, trunc or self.left <= 0, info
+
+        return Limit(envs.make_env(spec, seed, **kw))
+
+
+def test_staggered_episode_ends_share_policy_calls():
+    seeds = [100000, 100001, 100002, 100003, 100004]  # limits 3, 4, 5, 6, 3 steps
+    runs = {}
+    for sync in (True, False):
+        pol = TowardBlock()
+        runs[sync] = (evaluate_policy(pol, "pusht", seeds=seeds, n_envs=3, max_steps=50, env_fn=_SeedLimit(),
+                                      sync_chunks=sync, progress=False), pol)
+    for sync, (res, _) in runs.items():
+        assert [e["steps"] for e in res["tasks"]["pusht"]["episodes"]] == [3 + s % 4 for s in seeds]
+    same = [[(e["seed"], e["max_coverage"]) for e in r["tasks"]["pusht"]["episodes"]] for r, _ in runs.values()]
+    assert same[0] == same[1]  # identical episodes either way
+    # synchronised: one call per chunk boundary for all running sub-envs -> fewer, larger calls
+    assert len(runs[True][1].calls) < len(runs[False][1].calls)
+    assert runs[True][0]["timing"]["policy_calls"] == len(runs[True][1].calls)

@@ -8,7 +8,8 @@ Protocol (Diffusion Policy's runner / MultiStepWrapper, LeRobot's success defini
 * the policy sees the last ``T_obs`` observations (its ``observation_spec()`` leading dim); at an episode start the
   first observation is repeated to fill the history;
 * each policy call returns a chunk; its first ``n_action_steps`` actions are executed, one env step each, then the
-  policy is queried again (per sub-env, so episodes that end mid-chunk never reuse stale actions);
+  policy is queried again (per sub-env, so episodes that end mid-chunk never reuse stale actions); a sub-env whose
+  episode ended waits for the next chunk boundary to start its next seed, so all sub-envs share one policy call;
 * an episode ends on ``terminated`` / ``truncated``, on success (``info["is_success"]``), or after ``max_steps``;
 * per episode: success at any step, max / final coverage (PushT), max and summed reward, steps.
 
@@ -211,9 +212,15 @@ def _make_vector_env(spec: str, n_envs: int, seed: int, env_fn: Callable, env_kw
 
 def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs: int, max_steps: int,
                  record_video: int = 0, env_fn: Callable | None = None, env_kwargs: dict | None = None,
-                 vector: str = "sync", stop_on_success: bool = True, progress: bool = True) -> dict:
+                 vector: str = "sync", stop_on_success: bool = True, progress: bool = True,
+                 sync_chunks: bool = True) -> dict:
     """Roll out one episode per seed in ``spec``. Returns ``{"episodes": [...], "frames": {seed: (T,H,W,3)},
-    "env_steps": int, "policy_calls": int, "policy_s": float, "wall_s": float}`` (episodes in seed order)."""
+    "env_steps": int, "policy_calls": int, "policy_s": float, "wall_s": float}`` (episodes in seed order).
+
+    ``sync_chunks``: a sub-env whose episode ends mid-chunk waits for the others' chunk boundary before starting its
+    next episode, so the policy is always called once per chunk for all sub-envs (a few idle env steps are far
+    cheaper than extra model calls); False starts it at once.
+    """
     from tqdm.auto import tqdm
 
     env_fn = env_fn or _default_env_fn
@@ -264,8 +271,21 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
         for i in range(n_envs):
             start(i, slot_obs(obs, i), slot_info(info, i))
 
-        while any(e is not None for e in slot_ep):
-            need = [i for i in range(n_envs) if slot_ep[i] is not None and not actions_q[i]]
+        while True:
+            active = [i for i in range(n_envs) if slot_ep[i] is not None]
+            need = [i for i in active if not actions_q[i]]
+            idle = [i for i in range(n_envs) if slot_ep[i] is None]
+            if queue and idle and len(need) == len(active):  # chunk boundary: start waiting slots' episodes
+                mask, new_seeds = np.zeros(n_envs, dtype=bool), [None] * n_envs
+                for i in idle[: len(queue)]:
+                    slot_ep[i], slot_seed[i] = queue.popleft()
+                    mask[i], new_seeds[i] = True, slot_seed[i]
+                obs_r, info_r = venv.reset(seed=new_seeds, options={"reset_mask": mask})
+                for i in np.nonzero(mask)[0]:
+                    start(int(i), slot_obs(obs_r, i), slot_info(info_r, i))
+                    need.append(int(i))
+            if not need and not active:
+                break
             if need:
                 batch = {k: np.stack([np.stack(histories[i][k]) for i in need]) for k in histories[need[0]]}
                 if all(language[i] is not None for i in need):
@@ -311,9 +331,9 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
                 if terminated[i] or truncated[i] or st["steps"] >= max_steps or (stop_on_success and ok):
                     results[slot_ep[i]] = st
                     pbar.update(1)
-                    if queue:
+                    if queue and not sync_chunks:  # start the next episode right away
                         slot_ep[i], slot_seed[i] = queue.popleft()
-                    else:
+                    else:  # wait (reset to stay valid) for the next chunk boundary or the end
                         slot_ep[i] = None
                     reset_mask[i], reset_seeds[i] = True, slot_seed[i]
             if reset_mask.any():
@@ -335,6 +355,7 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
                     max_steps: int | None = None, out_dir=None, record_video: int = 0, n_episodes: int = 10,
                     seed: int | None = None,
                     env_fn: Callable | None = None, env_kwargs: dict | None = None, vector: str = "sync",
+                    sync_chunks: bool = True,
                     stop_on_success: bool = True, progress: bool = True, torch_seed: int = 0,
                     video_fps: int = 10, video_upscale: int = 1, predict_kwargs: Mapping[str, Any] | None = None,
                     extra: Mapping[str, Any] | None = None) -> dict:
@@ -368,7 +389,8 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
     timing = {"wall_s": 0.0, "env_steps": 0, "env_steps_active": 0, "policy_calls": 0, "policy_s": 0.0}
     for task in expand_env_spec(env_spec):
         run = run_episodes(adapter, task, seeds, n_envs, max_steps, record_video=record_video, env_fn=env_fn,
-                           env_kwargs=env_kwargs, vector=vector, stop_on_success=stop_on_success, progress=progress)
+                           env_kwargs=env_kwargs, vector=vector, stop_on_success=stop_on_success, progress=progress,
+                           sync_chunks=sync_chunks)
         for k in timing:
             timing[k] += run[k]
         for ep in run["episodes"]:
@@ -404,7 +426,8 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
         "seeds": seeds,
         "protocol": {"n_envs": min(n_envs, len(seeds)), "max_steps": max_steps, "n_obs_steps": adapter.n_obs_steps,
                      "n_action_steps": adapter.n_action_steps, "stop_on_success": stop_on_success,
-                     "vector": vector, "torch_seed": torch_seed, "env_kwargs": dict(env_kwargs or {}),
+                     "vector": vector, "sync_chunks": sync_chunks, "torch_seed": torch_seed,
+                     "env_kwargs": dict(env_kwargs or {}),
                      "predict_kwargs": dict(adapter.predict_kwargs)},
         "versions": package_versions(),
         "timing": timing,
