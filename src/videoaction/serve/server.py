@@ -172,8 +172,6 @@ class PolicyServer:
 
     def __init__(self, policy: Policy, config: ServeConfig | None = None):
         self.config = config or ServeConfig()
-        if self.config.torch_threads:
-            torch.set_num_threads(self.config.torch_threads)
         self.runner = PolicyRunner(policy)
         md = dict(self.runner.metadata)
         md.setdefault("chunk_length", md.get("n_action_steps"))
@@ -186,10 +184,16 @@ class PolicyServer:
         self._n_clients = 0
         self._batcher: _Batcher | None = None
         self.port: int | None = None
-        if self.config.warmup:
-            t0 = time.perf_counter()
-            self.runner.infer_batch([self.runner.dummy_observation()])
-            logger.info("warm-up forward pass: %.1f ms", (time.perf_counter() - t0) * 1000)
+        if self.config.warmup:  # on the caller's thread, with the worker's thread count, restored afterwards
+            before = torch.get_num_threads()
+            if self.config.torch_threads:
+                torch.set_num_threads(self.config.torch_threads)
+            try:
+                t0 = time.perf_counter()
+                self.runner.infer_batch([self.runner.dummy_observation()])
+                logger.info("warm-up forward pass: %.1f ms", (time.perf_counter() - t0) * 1000)
+            finally:
+                torch.set_num_threads(before)
 
     @property
     def stats(self) -> ServerStats:
