@@ -223,7 +223,8 @@ class DiffusionHead(nn.Module):
     def _denoiser(self, z: torch.Tensor, t_values: list, scale: float, guided: bool):
         """fn(x (N, C), j) -> net output at t_values[j] (guided if requested); embeddings computed once."""
         net, C = self.net, self.target_channels
-        dtype = net.cond_embed.weight.dtype
+        p = next(net.parameters(), None)
+        dtype = p.dtype if p is not None else torch.float32
         c_emb = net.embed_cond(z.to(dtype))  # (N or 2N, W)
         t_emb = net.embed_time(torch.tensor(t_values, dtype=torch.float32, device=z.device))  # (K, W)
         if not guided:

@@ -1,0 +1,180 @@
+"""Diffusion heads: MAR layout and init, schedules, respacing, loss terms, samplers (against an analytic denoiser
+and after a short training on a conditional 2-D Gaussian mixture), classifier-free guidance, determinism.
+
+Small models run single-threaded (a busy 2-core box makes multi-threaded tiny matmuls ~20x slower).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from videoaction.data.errors import ConfigError
+from videoaction.nn.diffusion import (
+    DiffusionHead,
+    DiffusionHeadConfig,
+    SimpleMLPAdaLN,
+    benchmark_head_latency,
+    cosine_betas,
+    make_diffusers_scheduler,
+    space_timesteps,
+    timestep_embedding,
+)
+from videoaction.nn.diffusion.gaussian import GaussianTables, ddpm_training_terms
+
+KEYS_JSON = Path("/work/shared/reference/keys/uva_pusht_keys.json")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------------------------- layout and init
+def _mar_shapes(C: int, W: int, N: int, Z: int) -> dict[str, tuple]:
+    """Expected ``net.*`` shapes (mar.md section 1)."""
+    s = {
+        "time_embed.mlp.0.weight": (W, 256), "time_embed.mlp.0.bias": (W,),
+        "time_embed.mlp.2.weight": (W, W), "time_embed.mlp.2.bias": (W,),
+        "cond_embed.weight": (W, Z), "cond_embed.bias": (W,),
+        "input_proj.weight": (W, C), "input_proj.bias": (W,),
+        "final_layer.linear.weight": (2 * C, W), "final_layer.linear.bias": (2 * C,),
+        "final_layer.adaLN_modulation.1.weight": (2 * W, W), "final_layer.adaLN_modulation.1.bias": (2 * W,),
+    }
+    for j in range(N):
+        for leaf, shape in [("in_ln.weight", (W,)), ("in_ln.bias", (W,)), ("mlp.0.weight", (W, W)),
+                            ("mlp.0.bias", (W,)), ("mlp.2.weight", (W, W)), ("mlp.2.bias", (W,)),
+                            ("adaLN_modulation.1.weight", (3 * W, W)), ("adaLN_modulation.1.bias", (3 * W,))]:
+            s[f"res_blocks.{j}.{leaf}"] = shape
+    return s
+
+
+def test_mar_layout_param_count_and_keys():
+    torch.manual_seed(0)
+    head = DiffusionHead(16, 768, DiffusionHeadConfig())  # MAR / UVA video head: C=16, W=1024, N=6, Z=768
+    sd = head.state_dict()
+    assert sum(p.numel() for p in head.parameters()) == 35_749_920
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    assert got == {f"net.{k}": v for k, v in _mar_shapes(16, 1024, 6, 768).items()}
+    assert list(dict(head.named_buffers())) == []  # no schedule tensors in the state dict
+    if KEYS_JSON.exists():  # the reference's own key list (UVA PushT: video head C=16, action head C=2)
+        ref = json.loads(KEYS_JSON.read_text())
+        for prefix, c in (("diffloss.net.", 16), ("diffactloss.net.", 2)):
+            want = {k[len(prefix) - 4:]: tuple(v) for k, v in ref.items() if k.startswith(prefix)}
+            h = head if c == 16 else DiffusionHead(c, 768, DiffusionHeadConfig())
+            assert {k: tuple(v.shape) for k, v in h.state_dict().items()} == want
+
+
+def test_mar_init_and_zero_output():
+    torch.manual_seed(0)
+    net = SimpleMLPAdaLN(4, 256, 8, 32, 3)
+    assert net.final_layer.linear.weight.abs().sum() == 0 and net.final_layer.linear.bias.abs().sum() == 0
+    for m in [b.adaLN_modulation[1] for b in net.res_blocks] + [net.final_layer.adaLN_modulation[1]]:
+        assert m.weight.abs().sum() == 0 and m.bias.abs().sum() == 0
+    for lin in (net.time_embed.mlp[0], net.time_embed.mlp[2]):
+        assert abs(lin.weight.std().item() - 0.02) < 0.002 and lin.bias.abs().sum() == 0
+    w = net.res_blocks[0].mlp[0].weight  # xavier uniform: bound sqrt(6 / (fan_in + fan_out))
+    bound = math.sqrt(6 / (256 + 256))
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    assert net.res_blocks[0].in_ln.eps == 1e-6 and net.final_layer.norm_final.eps == 1e-6
+    assert not net.final_layer.norm_final.elementwise_affine
+    out = net(torch.randn(5, 4), torch.tensor([0, 1, 10, 500, 999]), torch.randn(5, 32))
+    assert out.shape == (5, 8) and out.abs().sum() == 0  # zero-initialised head predicts 0
+
+
+def test_timestep_embedding_values():
+    e = timestep_embedding(torch.tensor([0.0, 3.0]), 256)
+    assert e.shape == (2, 256)
+    assert torch.equal(e[0, :128], torch.ones(128)) and torch.equal(e[0, 128:], torch.zeros(128))
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(128) / 128)
+    assert torch.allclose(e[1], torch.cat([torch.cos(3 * freqs), torch.sin(3 * freqs)]), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+def test_cosine_schedule_and_diffusers_betas_match():
+    b = cosine_betas(1000)
+    f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    assert b.shape == (1000,) and abs(b[0].item() - (1 - f(1e-3) / f(0))) < 1e-15
+    assert abs(b[0].item() - 4.13e-5) < 1e-7 and b[-1].item() == 0.999 and (b[:-1] < 0.999).all()
+    for sampler in ("ddim", "dpm"):  # diffusers "squaredcos_cap_v2" == IDDPM cosine, to float32 precision
+        sched = make_diffusers_scheduler(sampler, 1000, "cosine")
+        assert (sched.betas.double() - b).abs().max().item() < 1e-6
+    lin = make_diffusers_scheduler("ddim", 1000, "linear")
+    assert (lin.betas.double() - DiffusionHead(2, 3, DiffusionHeadConfig(noise_schedule="linear", width=8,
+                                                                          depth=1)).betas).abs().max() < 1e-6
+
+
+def test_respacing_kept_steps_and_betas():
+    kept = space_timesteps(1000, 100)
+    assert len(kept) == 100 and kept[:3] == [0, 10, 20] and kept[10] == 101 and kept[-2:] == [989, 999]
+    assert kept == [round(i * 999 / 99) for i in range(100)]
+    assert space_timesteps(1000, 1000) == list(range(1000)) and space_timesteps(1000, 1) == [0]
+    base = GaussianTables(cosine_betas(1000))
+    sp = GaussianTables.respaced(cosine_betas(1000), 100)
+    assert sp.timestep_map == kept
+    assert torch.allclose(sp.alphas_cumprod, base.alphas_cumprod[kept], rtol=1e-9, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------- loss terms
+def test_vb_term_is_zero_for_the_exact_posterior_and_trains_only_the_variance():
+    tab = GaussianTables(cosine_betas(1000)).on("cpu")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(64, 3, generator=g) * 2 - 1, torch.randn(64, 3, generator=g)
+    t = torch.randint(1, 1000, (64,), generator=g)
+    x_t = tab["sqrt_alphas_cumprod"][t, None] * x0 + tab["sqrt_one_minus_alphas_cumprod"][t, None] * noise
+    exact = torch.cat([noise, -torch.ones(64, 3)], 1)  # true eps, v = -1 -> posterior variance
+    terms = ddpm_training_terms(tab, exact, x0, x_t, t, noise)
+    assert terms.mse.abs().max() < 1e-10 and terms.vb.abs().max() < 1e-3
+    out = torch.cat([noise + 0.1 * torch.randn(64, 3, generator=g), torch.zeros(64, 3)], 1).requires_grad_()
+    terms = ddpm_training_terms(tab, out, x0, x_t, t, noise)
+    assert (terms.vb > 0).all()
+    (grad,) = torch.autograd.grad(terms.vb.sum(), out)
+    assert grad[:, :3].abs().max() == 0 and grad[:, 3:].abs().max() > 0  # mean frozen in the VB term
+    t0 = torch.zeros(64, dtype=torch.long)  # t = 0: discretised decoder NLL (bits) is finite and positive
+    x_0 = tab["sqrt_alphas_cumprod"][t0, None] * x0 + tab["sqrt_one_minus_alphas_cumprod"][t0, None] * noise
+    vb0 = ddpm_training_terms(tab, out.detach(), x0, x_0, t0, noise).vb
+    assert torch.isfinite(vb0).all() and (vb0 > 0).all()
+
+
+@pytest.mark.parametrize("objective", ["ddpm", "flow"])
+def test_loss_mask_averages_over_masked_entries_only(objective):
+    torch.manual_seed(0)
+    head = DiffusionHead(3, 5, DiffusionHeadConfig(objective=objective, width=16, depth=1))
+    nn.init.normal_(head.net.final_layer.linear.weight, std=0.5)  # a non-trivial output
+    x, z = torch.randn(10, 3), torch.randn(10, 5)
+    mask = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0, 0, 1], dtype=torch.bool)
+    per = head.loss_terms(x, z, generator=torch.Generator().manual_seed(7))["loss"]
+    loss = head.loss(x, z, mask, generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(loss, per[mask].mean(), rtol=1e-6)
+    assert not torch.allclose(loss, per.mean())
+    assert torch.allclose(head.loss(x, z, None, generator=torch.Generator().manual_seed(7)), per.mean())
+    assert head.loss(x, z, torch.zeros(10), generator=torch.Generator().manual_seed(7)).item() == 0.0
+    # MAR's diffusion_batch_mul: each token repeated m times, the mask with it
+    head.cfg.batch_mul = 3
+    per3 = head.loss_terms(x, z, generator=torch.Generator().manual_seed(7))["loss"]
+    loss3 = head.loss(x, z, mask, generator=torch.Generator().manual_seed(7))
+    assert per3.shape == (30,) and torch.allclose(loss3, per3[mask.repeat(3)].mean(), rtol=1e-6)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="objective"):
+        DiffusionHeadConfig(objective="ddim")
+    with pytest.raises(ConfigError, match="sampler"):
+        DiffusionHeadConfig(objective="flow", sampler="ddim")
+    with pytest.raises(ConfigError, match="sampler"):
+        DiffusionHeadConfig(objective="ddpm", sampler="euler")
+    assert DiffusionHeadConfig(objective="flow").resolved_sampler == "euler"
+    assert DiffusionHeadConfig().resolved_sampler == "ddpm"
+    head = DiffusionHead(2, 3, DiffusionHeadConfig(width=8, depth=1))
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        head.sample(torch.randn(4, 5))
+    with pytest.raises(ValueError, match="cond; uncond"):
+        head.sample(torch.randn(3, 3), cfg=2.0)
