@@ -32,12 +32,16 @@ def micro_cfg(**kw):
 @pytest.fixture(scope="module")
 def policy():
     torch.manual_seed(0)
-    p = UVAPolicy(micro_cfg(), allow_random_tokenizer=True)
-    with torch.no_grad():  # the heads start at exactly zero output (MAR init): perturb so z matters downstream
+    return unzero_heads(UVAPolicy(micro_cfg(), allow_random_tokenizer=True)).eval()
+
+
+def unzero_heads(p):
+    """The heads start at exactly zero output (MAR init), so nothing upstream matters yet: perturb them."""
+    with torch.no_grad():
         for name, q in p.model.named_parameters():
             if name.startswith(("diffloss.", "diffactloss.net.")) and q.abs().sum() == 0:
                 q.normal_(0, 0.02)
-    return p.eval()
+    return p
 
 
 def make_batch(b=2, seed=0):
@@ -249,3 +253,27 @@ def test_observation_errors_are_clear(policy):
         policy.predict_action(obs(t=8))
     with pytest.raises(VideoActionError, match="actions: expected shape"):
         policy.predict_video(obs(), actions=torch.zeros(1, 5, 2))
+
+
+def test_language_condition_dropout_and_guidance():
+    from videoaction.nn.text import TextEncoderConfig
+
+    torch.manual_seed(0)
+    cfg = micro_cfg(language=True, text=TextEncoderConfig(kind="task_embedding", dim=16, vocabulary=("push", "pull")),
+                    text_tokens=4, label_drop_prob=0.0)
+    p = unzero_heads(UVAPolicy(cfg, allow_random_tokenizer=True)).eval()
+    assert p.model.text_proj_cond.weight.shape == (64, 16) and p.model.text_pos_embed.shape == (1, 4, 64)
+    assert any(k.startswith("text_encoder.") for k in p.state_dict())  # learned text weights are saved
+    b = make_batch(2)
+    la = loss_in_mode(p, "policy_model", dict(b, language=["push", "push"])).terms["loss"]
+    lb = loss_in_mode(p, "policy_model", dict(b, language=["pull", "pull"])).terms["loss"]
+    assert la != lb
+    p.cfg.model.label_drop_prob = 1.0  # every text dropped -> the instruction cannot matter
+    la = loss_in_mode(p, "policy_model", dict(b, language=["push", "push"])).terms["loss"]
+    lb = loss_in_mode(p, "policy_model", dict(b, language=["pull", "pull"])).terms["loss"]
+    assert la == lb
+    o = dict(obs(b=1), language=["push"])
+    a1 = p.predict_action(o, generator=torch.Generator().manual_seed(0))["action_pred"]
+    a2 = p.predict_action(dict(o, language=["pull"]), generator=torch.Generator().manual_seed(0))["action_pred"]
+    a3 = p.predict_action(o, cfg=2.5, generator=torch.Generator().manual_seed(0))["action_pred"]
+    assert not torch.allclose(a1, a2) and not torch.allclose(a1, a3)

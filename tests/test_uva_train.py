@@ -71,7 +71,7 @@ def test_action_targets_and_normaliser():
 
 def test_save_load_round_trip_is_self_contained(tmp_path):
     torch.manual_seed(0)
-    p = UVAPolicy(micro_cfg(use_state=True), allow_random_tokenizer=True).eval()
+    p = UVAPolicy(micro_cfg(use_state=True, predict_state=True), allow_random_tokenizer=True).eval()
     p.set_normalizer(Normalizer.fit_arrays({"action": np.random.rand(50, 2) * 4, "state": np.random.rand(50, 2)},
                                            {"action": "minmax", "state": "minmax"}))
     p.save_pretrained(tmp_path / "ckpt")
@@ -83,4 +83,8 @@ def test_save_load_round_trip_is_self_contained(tmp_path):
     b = q.predict_action(o, generator=torch.Generator().manual_seed(1))["action"]
     assert torch.equal(a, b)
     assert q.observation_spec()["state"].shape == (16, 2)
+    assert q.predict_state(o, num_steps=4).shape == (2, 16, 2)
+    terms = q.compute_loss(make_batch(2), torch.Generator().manual_seed(0)).terms
+    assert terms["state_loss"] > 0 and abs(terms["loss"] - terms["video_loss"] - terms["action_loss"]
+                                            - terms["state_loss"]) < 1e-4
     assert q.metadata()["observation"]["image"] == {"shape": [16, 96, 96, 3], "dtype": "uint8"}

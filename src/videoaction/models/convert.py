@@ -191,6 +191,8 @@ def infer_run_config(model_sd: Mapping[str, torch.Tensor], ref_cfg: Any = None, 
         m.text_tokens = int(sd["text_pos_embed"].shape[1])
     if "proprioception_proj_cond.weight" in sd:
         m.use_state, m.state_dim = True, int(sd["proprioception_proj_cond.weight"].shape[1])
+    if "diffproploss.net.input_proj.weight" in sd:
+        m.predict_state, m.state_dim = True, int(sd["diffproploss.net.input_proj.weight"].shape[1])
     if "history_action_proj_cond.weight" in sd:
         m.use_history_action = True
     for key, attr in (("n_action_steps", "n_action_steps"), ("shift_action", "shift_action"),

@@ -61,6 +61,7 @@ class UVAConfig:
     # --- optional condition streams
     use_state: bool = False  # proprioception at the history frames (dataset.state_key / obs["state"])
     state_dim: int = 2
+    predict_state: bool = False  # proprio-prediction head ``diffproploss`` (future states over the action window)
     use_history_action: bool = False  # actions of the history steps 0..h (obs["history_action"] at inference)
     language: bool = False
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -182,8 +183,18 @@ def uva_base_lang() -> UVARunConfig:
     return cfg
 
 
+def uva_tiny_flow() -> UVARunConfig:
+    """``uva-tiny`` with flow-matching heads sampled by 8 Euler steps (the reference's suggested next step)."""
+    cfg = uva_tiny()
+    cfg.preset = "uva-tiny-flow"
+    for head in (cfg.model.video_head, cfg.model.action_head):
+        head.objective, head.sampler, head.sample_steps = "flow", "euler", 8
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "uva-tiny": uva_tiny,
+    "uva-tiny-flow": uva_tiny_flow,
     "uva-tiny-video": uva_tiny_video,
     "uva-base": uva_base,
     "uva-base-video": uva_base_video,

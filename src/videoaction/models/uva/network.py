@@ -85,6 +85,9 @@ class UVANetwork(nn.Module):
         if cfg.predict_action:
             self.diffactloss = ActionHead(cfg.action_dim, d, n_future, self.grid, cfg.n_actions, cfg.action_head,
                                           pool=cfg.action_pool)
+        if cfg.predict_state:  # reference ``diffproploss``: same aggregation, diffuses future proprio states
+            self.diffproploss = ActionHead(cfg.state_dim, d, n_future, self.grid, cfg.n_actions, cfg.action_head,
+                                           pool=cfg.action_pool)
         self.register_buffer("_action_index", _stream_index(cfg.n_actions, self.n_tokens), persistent=False)
         self.register_buffer("_frame_index", _stream_index(n_history, n_future), persistent=False)
         self.register_buffer("_state_index", _stream_index(n_history, self.n_tokens), persistent=False)

@@ -75,13 +75,18 @@ class UVAPolicy(Policy):
         self.text_encoder = None
         self._frozen_text: list = []  # a frozen pretrained text encoder (CLIP, ...) is built on first use
         if m.language and m.text.kind in ("task_embedding", "none"):
+            if m.text.kind == "task_embedding" and not m.text.vocabulary and cfg.data and ds.language_key:
+                from videoaction.data.store import EpisodeStore  # vocabulary = the training store's instructions
+
+                store = EpisodeStore.open(cfg.data)
+                m.text.vocabulary = tuple(sorted({str(v).strip() for v in store.meta_column(ds.language_key)}))
             self.text_encoder = build_text_encoder(m.text)  # learned: its weights are in the state dict
             m.text_dim = int(self.text_encoder.dim)
         self.model = UVANetwork(m, self.tokenizer.latent_channels, grid, fr.n_future, fr.n_history,
                                 n_history_actions=self.h_last + 1)
         dims = {"action": m.action_dim}
         modes = {"action": ds.action_norm}
-        if m.use_state:
+        if m.use_state or m.predict_state:
             dims["state"], modes["state"] = m.state_dim, ds.state_norm
         self.normalizer = Normalizer(dims, modes)
 
@@ -340,6 +345,17 @@ class UVAPolicy(Policy):
         return {"action": a[:, : self.n_action_steps], "action_pred": a}
 
     @torch.no_grad()
+    def predict_state(self, obs: Mapping[str, Any], *, sampler: str | None = None, num_steps: int | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Future proprio states (B, n_actions, Ds) over the action window (needs ``model.predict_state``)."""
+        if not self.cfg.model.predict_state:
+            raise VideoActionError("this UVA model has no proprio-prediction head (model.predict_state is False)")
+        z = self._forward(self.condition(obs))
+        s = self.model.diffproploss.sample_actions(z, temperature=self.cfg.model.temperature, num_steps=num_steps,
+                                                   sampler=sampler, generator=generator)
+        return self.normalizer.unnormalize("state", s)
+
+    @torch.no_grad()
     def predict_video(self, obs: Mapping[str, Any], actions=None, num_iter: int = 1, cfg: float = 1.0,
                       temperature: float = 0.95, generator: torch.Generator | None = None, *,
                       cfg_schedule: str | None = None, sampler: str | None = None, num_steps: int | None = None,
@@ -461,9 +477,14 @@ class UVAPolicy(Policy):
         if spec.action_loss:
             action_loss = net.diffactloss.action_loss(z, act, generator=g)
         loss = video_loss + action_loss
-        terms = {"loss": float(loss.detach()), "video_loss": float(video_loss.detach()),
-                 "action_loss": float(action_loss.detach()), "mask_ratio": ratio,
-                 "mode": float(list(MODE_SPECS).index(mode))}
+        terms = {"video_loss": float(video_loss.detach()), "action_loss": float(action_loss.detach()),
+                 "mask_ratio": ratio, "mode": float(list(MODE_SPECS).index(mode))}
+        if m.predict_state:  # proprio prediction: added in every mode (reference)
+            st = batch["state"].to(dev, torch.float32)[:, self.action_start: self.action_start + m.n_actions]
+            state_loss = net.diffproploss.action_loss(z, self.normalizer.normalize("state", st), generator=g)
+            loss = loss + state_loss
+            terms["state_loss"] = float(state_loss.detach())
+        terms["loss"] = float(loss.detach())
         return LossOutput(loss=loss, terms=terms)
 
     def _batch_latents(self, batch, need_history: bool, need_future: bool, g) -> tuple[torch.Tensor | None, ...]:
