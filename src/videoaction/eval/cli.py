@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint directory (config.json + model.safetensors), any model family")
     p.add_argument("--policy", choices=["random", "mean-action"],
                    help="evaluate a trivial baseline instead of a checkpoint (mean-action needs --data)")
-    p.add_argument("--env", help="pusht | pusht-m | a PushT robustness variant | metaworld:TASK[,TASK] | "
-                                 "metaworld:MT10 | metaworld:MT50")
+    p.add_argument("--env", action="append", help="pusht | pusht-m | a PushT robustness variant | "
+                   "metaworld:TASK[,TASK] | metaworld:MT10 | metaworld:MT50; repeat --env for several environments "
+                   "(results_<env>.json each, one report)")
     p.add_argument("--episodes", type=int, default=None,
                    help="episodes per task (simulator, default 50) / held-out windows (--video, default 16)")
     p.add_argument("--seeds", nargs="+", help="explicit seeds (default: 100000, 100001, ...): 100000-100049 or 1,2,3")
@@ -131,17 +132,20 @@ def main(argv: list[str] | None = None) -> int:
         policy, name = RandomPolicy(seed=args.seed), "random"
     else:
         policy, name = MeanActionPolicy.from_store(args.data), "mean-action"
-    results, baselines, video_res = None, {}, None
-    if args.env:
+    runs, baselines, video_res = [], {}, None
+    for env in args.env or []:
         n_eps = args.episodes or 50
-        seeds = parse_seeds(args.seeds) or default_seeds(args.env, n_eps, args.seed_start)
+        seeds = parse_seeds(args.seeds) or default_seeds(env, n_eps, args.seed_start)
         common = dict(seeds=seeds, n_envs=args.n_envs, max_steps=args.max_steps, env_kwargs=_env_kwargs(args),
                       vector=args.vector, progress=not args.quiet, torch_seed=args.seed)
+        slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in env)
+        fname = "results.json" if len(args.env) == 1 else f"results_{slug}.json"
         extra = {"name": name, "checkpoint": args.checkpoint, "checkpoint_config": ckpt_cfg}
-        results = evaluate_policy(policy, args.env, out_dir=out, record_video=args.record,
-                                  predict_kwargs=parse_sampler(args.sampler) if args.checkpoint else None,
-                                  extra=extra, **common)
-        _print_metrics(name, results)
+        res = evaluate_policy(policy, env, out_dir=out, record_video=args.record, results_file=fname,
+                              predict_kwargs=parse_sampler(args.sampler) if args.checkpoint else None,
+                              extra=extra, **common)
+        runs.append(res)
+        _print_metrics(name, res)
         if args.baselines:
             base_pols = {"random": RandomPolicy(seed=args.seed)}
             if args.data:
@@ -149,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             for bname, bp in base_pols.items():
                 if bname == args.policy:
                     continue
-                r = evaluate_policy(bp, args.env, out_dir=out / "baselines" / bname, record_video=0,
-                                    extra={"name": bname}, **common)
-                baselines[bname] = r
+                r = evaluate_policy(bp, env, out_dir=out / "baselines" / bname, record_video=0,
+                                    results_file=fname, extra={"name": bname}, **common)
+                baselines[f"{bname} ({env})" if len(args.env) > 1 else bname] = r
                 _print_metrics(bname, r)
     if args.video:
         from videoaction.eval.video_eval import evaluate_video
@@ -164,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         for note in video_res["notes"][1:]:
             print(f"note: {note}")
     if not args.no_report:
-        path = write_report(out, results, run_dir=args.run_dir, baselines=baselines or None, video_results=video_res,
-                            config=ckpt_cfg)
+        path = write_report(out, runs or None, run_dir=args.run_dir, baselines=baselines or None,
+                            video_results=video_res, config=ckpt_cfg)
         print(f"report: {path}")
     return 0
 

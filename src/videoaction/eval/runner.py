@@ -358,14 +358,14 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
                     sync_chunks: bool = True,
                     stop_on_success: bool = True, progress: bool = True, torch_seed: int = 0,
                     video_fps: int = 10, video_upscale: int = 1, predict_kwargs: Mapping[str, Any] | None = None,
-                    extra: Mapping[str, Any] | None = None) -> dict:
+                    extra: Mapping[str, Any] | None = None, results_file: str = "results.json") -> dict:
     """Evaluate ``policy`` (a videoaction Policy, a checkpoint directory, or a callable ``obs -> (B, Ta, A)``;
     callables with ``n_obs_steps == 1`` get unstacked ``(B, ...)`` observations) in ``env_spec``.
 
     ``env_spec``: ``pusht``, ``pusht-m``, a PushT robustness variant, ``metaworld:<task>[,<task>...]`` or
     ``metaworld:MT10`` / ``MT50`` (each task gets the same seed list). ``seeds`` default to
     :func:`default_seeds` (``n_episodes`` of them, from ``seed``, default 100000). The first ``record_video`` episodes of each task are written
-    as mp4 under ``out_dir/videos``. With ``out_dir`` the results are also written to ``out_dir/results.json``
+    as mp4 under ``out_dir/videos``. With ``out_dir`` the results are also written to ``out_dir/<results_file>``
     (atomically). Returns the results dict (``metrics`` = headline numbers; ``tasks`` = per-task metrics and
     per-episode records; ``versions``; ``seeds``; ``timing``).
     """
@@ -436,7 +436,7 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
     if extra:
         results.update(dict(extra))
     if out is not None:
-        atomic_write_json(out / "results.json", results)
+        atomic_write_json(out / results_file, results)
     return results
 
 
