@@ -88,3 +88,15 @@ def test_save_load_round_trip_is_self_contained(tmp_path):
     assert terms["state_loss"] > 0 and abs(terms["loss"] - terms["video_loss"] - terms["action_loss"]
                                             - terms["state_loss"]) < 1e-4
     assert q.metadata()["observation"]["image"] == {"shape": [16, 96, 96, 3], "dtype": "uint8"}
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        p = UVAPolicy(micro_cfg(grad_checkpointing=ckpt, task_modes=("full_dynamic_model",)),
+                      allow_random_tokenizer=True).train()
+        out = p.compute_loss(make_batch(2), torch.Generator().manual_seed(0))
+        out.loss.backward()
+        grads.append(torch.cat([q.grad.flatten() for q in p.model.parameters() if q.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

@@ -44,6 +44,7 @@ class UVAConfig:
     mlp_ratio: float = 4.0
     attn_dropout: float = 0.1
     proj_dropout: float = 0.1
+    grad_checkpointing: bool = False  # recompute transformer blocks in backward (memory for base-size training)
     # --- tokenizer (frozen, its weights are part of the checkpoint)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     sample_latents: bool = False  # training: posterior sample (reference) instead of its mean

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from videoaction.models.uva.action_head import ActionHead
 from videoaction.models.uva.config import UVAConfig
@@ -108,6 +109,11 @@ class UVANetwork(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # ------------------------------------------------------------------------------------------ helpers
+    def _block(self, blk: Block, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(blk, x, use_reentrant=False)
+        return blk(x)
+
     def _tokens(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, T, C, h, w) -> (B, T, L, C)."""
         return latents.flatten(3).transpose(2, 3)
@@ -177,7 +183,7 @@ class UVANetwork(nn.Module):
         # 5. encoder
         x = self.z_proj_ln(x)
         for blk in self.encoder_blocks:
-            x = blk(x)
+            x = self._block(blk, x)
         x = self.encoder_norm(x)
         # 6. decoder
         x = self.decoder_embed(x)
@@ -187,7 +193,7 @@ class UVANetwork(nn.Module):
             dpos = torch.cat([self.decoder_text_pos_embed, dpos], dim=1)
         x = x + dpos
         for blk in self.decoder_blocks:
-            x = blk(x)
+            x = self._block(blk, x)
         x = self.decoder_norm(x)[:, self.n_text:]
         diff = (self.diffusion_temporal_embed.unsqueeze(2) + self.diffusion_spatial_embed.unsqueeze(1)).reshape(1, n, d)
         return x + diff

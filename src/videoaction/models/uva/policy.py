@@ -18,6 +18,7 @@ masked tokens, action loss on the ``n_actions`` actions from the last history fr
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -72,6 +73,7 @@ class UVAPolicy(Policy):
         if self.action_start + m.n_actions > ds.horizon:
             raise VideoActionError(f"model.n_actions {m.n_actions} from window position {self.action_start} does "
                                    f"not fit dataset.horizon {ds.horizon}")
+        self._warned_cfg = False
         self.text_encoder = None
         self._frozen_text: list = []  # a frozen pretrained text encoder (CLIP, ...) is built on first use
         if m.language and m.text.kind in ("task_embedding", "none"):
@@ -247,6 +249,12 @@ class UVAPolicy(Policy):
         """(history_drop, text_drop) for a doubled [cond; uncond] batch."""
         m = self.cfg.model
         which = m.cfg_condition if m.cfg_condition != "auto" else ("text" if m.language else "history")
+        trained = m.label_drop_prob > 0 and m.language if which == "text" else m.history_drop_prob > 0
+        if not trained and not self._warned_cfg:
+            self._warned_cfg = True
+            warnings.warn(f"classifier-free guidance drops the {which} condition, but this model was configured "
+                          f"without {which} dropout in training (model.{'label' if which == 'text' else 'history'}"
+                          f"_drop_prob = 0): its unconditional branch is untrained", stacklevel=3)
         flags = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(self.device)
         return (flags, None) if which == "history" else (None, flags)
 
