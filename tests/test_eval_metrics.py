@@ -126,7 +126,8 @@ def test_frechet_distance_closed_form():
     r = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
     s = np.diag([4.0, 1.0])
     fd = M.frechet_distance(np.zeros(2), s, np.zeros(2), r @ s @ r.T)
-    # closed form for 2x2: tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)); (S1 S2)^(1/2) trace = sqrt(tr(S1S2) + 2 sqrt(det S1S2))
+    # closed form for 2x2: tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)),
+    # with tr((S1 S2)^(1/2)) = sqrt(tr(S1 S2) + 2 sqrt(det(S1 S2)))
     m = s @ r @ s @ r.T
     expected2 = 2 * np.trace(s) - 2 * math.sqrt(np.trace(m) + 2 * math.sqrt(np.linalg.det(m)))
     assert fd == pytest.approx(expected2, rel=1e-6)

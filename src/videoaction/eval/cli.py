@@ -56,7 +56,8 @@ def parse_sampler(text: str | None) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videoaction eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--checkpoint", help="checkpoint directory (config.json + model.safetensors), any model family")
     p.add_argument("--policy", choices=["random", "mean-action"],
                    help="evaluate a trivial baseline instead of a checkpoint (mean-action needs --data)")

@@ -215,8 +215,9 @@ def _normalise_extra(extra_sections) -> list[tuple[str, str]]:
     return out
 
 
-def write_report(out_dir, results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, run_dir=None, extra_sections: Iterable = (),
-                 baselines: Mapping[str, Mapping[str, Any]] | None = None, video_results: Mapping[str, Any] | None = None,
+def write_report(out_dir, results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, run_dir=None,
+                 extra_sections: Iterable = (), baselines: Mapping[str, Mapping[str, Any]] | None = None,
+                 video_results: Mapping[str, Any] | None = None,
                  title: str | None = None, media_root=None, config: Mapping[str, Any] | None = None) -> Path:
     """Write ``out_dir/report.html`` (+ PNG curves) and return its path.
 
@@ -251,7 +252,8 @@ def write_report(out_dir, results: Mapping[str, Any] | Sequence[Mapping[str, Any
         body = html_table(_headline_rows(runs, baselines), cls="headline")
         defs = {k: v for r in runs for k, v in (r.get("metric_definitions") or {}).items()}
         if defs:
-            body += "<ul class='note'>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in defs.items()) + "</ul>"
+            items = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in defs.items())
+            body += f"<ul class='note'>{items}</ul>"
         add("Headline", body, "headline")
     if video_results:
         vm = video_results.get("table") or []

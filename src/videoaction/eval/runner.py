@@ -112,7 +112,8 @@ class PolicyAdapter:
             self.description = f"{policy.family} policy"
         else:
             if not callable(policy):
-                raise VideoActionError(f"policy must be a videoaction Policy or a callable, got {type(policy).__name__}")
+                raise VideoActionError(f"policy must be a videoaction Policy or a callable, got "
+                                       f"{type(policy).__name__}")
             spec = policy.observation_spec() if hasattr(policy, "observation_spec") else None
             self.spec = {k: tuple(v.shape) for k, v in spec.items()} if spec else None
             self.n_obs_steps = int(getattr(policy, "n_obs_steps", 1))
@@ -295,7 +296,8 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
                 policy_s += time.perf_counter() - tp
                 policy_calls += 1
                 if chunk.shape[0] != len(need):
-                    raise VideoActionError(f"policy returned {chunk.shape[0]} action chunks for {len(need)} observations")
+                    raise VideoActionError(f"policy returned {chunk.shape[0]} action chunks for {len(need)} "
+                                           "observations")
                 for j, i in enumerate(need):
                     actions_q[i].extend(chunk[j])
             act = last_action.copy()
@@ -364,8 +366,8 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
 
     ``env_spec``: ``pusht``, ``pusht-m``, a PushT robustness variant, ``metaworld:<task>[,<task>...]`` or
     ``metaworld:MT10`` / ``MT50`` (each task gets the same seed list). ``seeds`` default to
-    :func:`default_seeds` (``n_episodes`` of them, from ``seed``, default 100000). The first ``record_video`` episodes of each task are written
-    as mp4 under ``out_dir/videos``. With ``out_dir`` the results are also written to ``out_dir/<results_file>``
+    :func:`default_seeds` (``n_episodes`` of them, from ``seed``, default 100000). The first ``record_video``
+    episodes of each task are written as mp4 under ``out_dir/videos``. With ``out_dir`` the results are also written to ``out_dir/<results_file>``
     (atomically). Returns the results dict (``metrics`` = headline numbers; ``tasks`` = per-task metrics and
     per-episode records; ``versions``; ``seeds``; ``timing``).
     """

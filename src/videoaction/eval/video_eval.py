@@ -229,7 +229,8 @@ def _feature_metrics(pred, real, copy_last, lpips_path, i3d_path, m, notes, devi
 
 def _table(m: dict) -> list[dict]:
     rows = [
-        {"metric": "PSNR (dB) ↑", "model": m["psnr"], "baseline": m["psnr_copy_last"], "baseline is": "copy last frame"},
+        {"metric": "PSNR (dB) ↑", "model": m["psnr"], "baseline": m["psnr_copy_last"],
+         "baseline is": "copy last frame"},
         {"metric": "SSIM ↑", "model": m["ssim"], "baseline": m["ssim_copy_last"], "baseline is": "copy last frame"},
         {"metric": "controllability ΔPSNR (true − shuffled actions, dB) ↑", "model": m["delta_psnr"],
          "baseline": 0.0, "baseline is": "a model ignoring actions"},
