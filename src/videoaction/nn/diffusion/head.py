@@ -49,7 +49,9 @@ class DiffusionHeadConfig:
     batch_mul: int = 1  # MAR's diffusion_batch_mul: repeat each token this many times in the loss
     ddim_eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
     dpm_order: int = 2  # DPM-Solver++ order (1..3)
+    dpm_lambda_min: float = -3.0  # DPM-Solver++: log-SNR where the uniform-lambda grid starts (after t = T-1)
     flow_t: str = "logit_normal"  # flow training time distribution: "logit_normal" | "uniform"
+    flow_shift: float = 1.0  # flow sampling grid t' = s t / (1 + (s - 1) t); s < 1 puts more steps near the data
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -67,6 +69,8 @@ class DiffusionHeadConfig:
         for name in ("width", "depth", "train_steps", "sample_steps", "batch_mul"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"DiffusionHeadConfig.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.flow_shift <= 0:
+            raise ConfigError(f"DiffusionHeadConfig.flow_shift: must be > 0, got {self.flow_shift}")
         if not 1 <= self.dpm_order <= 3:
             raise ConfigError(f"DiffusionHeadConfig.dpm_order: must be 1, 2 or 3, got {self.dpm_order}")
 
@@ -164,6 +168,20 @@ class DiffusionHead(nn.Module):
             )
         return self._schedulers[sampler]
 
+    def dpm_timesteps(self, num_steps: int) -> list[int]:
+        """DPM-Solver++ steps: t = T-1 (pure noise), then uniform in log-SNR lambda = log(alpha/sigma) from
+        max(dpm_lambda_min, lambda(T-1)) to lambda(0) (K + 1 points, the last one is the data); distinct ints."""
+        ac = self.train_tables.alphas_cumprod
+        lam = 0.5 * torch.log(ac / (1.0 - ac))  # (T,) decreasing in t
+        grid = torch.linspace(max(self.cfg.dpm_lambda_min, lam[-1].item()), lam[0].item(), num_steps + 1)[:-1]
+        # invert the monotone lambda(t) by linear interpolation
+        idx = torch.searchsorted(-lam, -grid.double()).clamp(1, len(lam) - 1)
+        l0, l1 = lam[idx - 1], lam[idx]
+        t = (idx - 1).double() + (l0 - grid.double()) / (l0 - l1)
+        ts = t.round().long().tolist()
+        ts[0] = len(lam) - 1
+        return sorted(set(ts), reverse=True)
+
     @torch.no_grad()
     def sample(
         self,
@@ -204,12 +222,16 @@ class DiffusionHead(nn.Module):
         if sampler == "ddpm":
             tables = self.spaced_tables(K)
             t_values = tables.timestep_map[::-1]
-        elif sampler in ("ddim", "dpm"):
+        elif sampler == "ddim":
             sched = self.diffusers_scheduler(sampler)
             sched.set_timesteps(K)
             t_values = [int(t) for t in sched.timesteps.tolist()]
+        elif sampler == "dpm":
+            sched = self.diffusers_scheduler(sampler)
+            t_values = self.dpm_timesteps(K)
+            sched.set_timesteps(timesteps=t_values)
         else:
-            t_values = [t * self.cfg.train_steps for t in flow_times(K)[:-1]]
+            t_values = [t * self.cfg.train_steps for t in flow_times(K, self.cfg.flow_shift)[:-1]]
         fn = self._denoiser(z, t_values, float(cfg), guided)
 
         if sampler == "ddpm":
@@ -218,7 +240,7 @@ class DiffusionHead(nn.Module):
             return scheduler_sample(
                 fn, x, sched, t_values, self.train_tables, temperature, clip, generator, eta=self.cfg.ddim_eta
             )
-        return euler_flow_sample(fn, x, K, clip)
+        return euler_flow_sample(fn, x, K, clip, self.cfg.flow_shift)
 
     def _denoiser(self, z: torch.Tensor, t_values: list, scale: float, guided: bool):
         """fn(x (N, C), j) -> net output at t_values[j] (guided if requested); embeddings computed once."""
@@ -244,8 +266,8 @@ class DiffusionHead(nn.Module):
 
 
 def make_diffusers_scheduler(sampler: str, train_steps: int, schedule: str, dpm_order: int = 2):
-    """DDIM (trailing spacing, final alpha 1) or DPM-Solver++ multistep, epsilon prediction, no clipping, with the
-    same betas as :func:`make_betas` ("squaredcos_cap_v2" is IDDPM's cosine; "linear" with 1e-4 .. 2e-2)."""
+    """DDIM (trailing spacing, final alpha 1) or DPM-Solver++ multistep (the head passes its own log-SNR-uniform
+    timesteps), epsilon prediction, no clipping, with the same betas as :func:`make_betas` ("squaredcos_cap_v2" is IDDPM's cosine; "linear" with 1e-4 .. 2e-2)."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     scale = 1000 / train_steps
@@ -260,8 +282,8 @@ def make_diffusers_scheduler(sampler: str, train_steps: int, schedule: str, dpm_
         return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
     if sampler == "dpm":
         return DPMSolverMultistepScheduler(
-            **common, algorithm_type="dpmsolver++", solver_order=dpm_order, timestep_spacing="trailing",
-            lower_order_final=True,
+            **common, algorithm_type="dpmsolver++", solver_order=dpm_order, lower_order_final=True,
+            final_sigmas_type="zero",
         )
     raise ValueError(f"no diffusers scheduler for sampler {sampler!r}")
 

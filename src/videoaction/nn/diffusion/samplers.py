@@ -89,16 +89,17 @@ def scheduler_sample(
     return x
 
 
-def flow_times(num_steps: int) -> list[float]:
-    """K + 1 times from 1 (noise) to 0 (data), uniform."""
-    return [1.0 - k / num_steps for k in range(num_steps + 1)]
+def flow_times(num_steps: int, shift: float = 1.0) -> list[float]:
+    """K + 1 times from 1 (noise) to 0 (data): u uniform, t = s u / (1 + (s - 1) u) (s = 1: uniform)."""
+    us = [1.0 - k / num_steps for k in range(num_steps + 1)]
+    return [shift * u / (1.0 + (shift - 1.0) * u) for u in us]
 
 
 def euler_flow_sample(
-    fn: Denoiser, x: torch.Tensor, num_steps: int, clip_denoised: bool = False
+    fn: Denoiser, x: torch.Tensor, num_steps: int, clip_denoised: bool = False, shift: float = 1.0
 ) -> torch.Tensor:
     """x_t = (1 - t) x_data + t eps, velocity v = eps - x_data; Euler from t = 1 to t = 0 in ``num_steps`` steps."""
-    ts = flow_times(num_steps)
+    ts = flow_times(num_steps, shift)
     for j in range(num_steps):
         t, t_next = ts[j], ts[j + 1]
         v = fn(x, j).float()
