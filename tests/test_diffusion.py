@@ -274,6 +274,20 @@ def test_clip_denoised_keeps_samples_in_range(sampler):
     free = head.sample(z, sampler=sampler, num_steps=8, generator=torch.Generator().manual_seed(0))
     clip = head.sample(z, sampler=sampler, num_steps=8, generator=torch.Generator().manual_seed(0), clip_denoised=True)
     assert free.abs().max() > 2.0 and clip.abs().max() <= 1.0 + 1e-4
+    head.cfg.clip_range = 2.0
+    clip2 = head.sample(z, sampler=sampler, num_steps=8, generator=torch.Generator().manual_seed(0), clip_denoised=True)
+    assert clip2.abs().max() <= 2.0 + 1e-4 and clip2.abs().max() > 1.5
+
+
+def test_low_precision_net_samples_and_trains():
+    head = DiffusionHead(3, 4, DiffusionHeadConfig(width=16, depth=1)).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    loss = head.loss(torch.randn(6, 3), torch.randn(6, 4), generator=g)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    for sampler in ("ddpm", "dpm"):
+        x = head.sample(torch.randn(6, 4).to(torch.bfloat16), sampler=sampler, num_steps=4, generator=g)
+        assert x.shape == (6, 3) and x.dtype == torch.float32 and torch.isfinite(x).all()
 
 
 # ---------------------------------------------------------------------------------------------- trained heads

@@ -45,7 +45,8 @@ class DiffusionHeadConfig:
     noise_schedule: str = "cosine"  # "cosine" | "linear" (ddpm)
     sampler: str = "auto"  # "ddpm" | "ddim" | "dpm" (ddpm objective); "euler" (flow)
     sample_steps: int = 100  # default number of sampling steps
-    clip_denoised: bool = False  # clip the predicted x0 to [-1, 1] at every step (UVA's action head: True)
+    clip_denoised: bool = False  # clip the predicted x0 to [-clip_range, clip_range] at every step (UVA actions)
+    clip_range: float = 1.0
     batch_mul: int = 1  # MAR's diffusion_batch_mul: repeat each token this many times in the loss
     ddim_eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
     dpm_order: int = 2  # DPM-Solver++ order (1..3)
@@ -69,6 +70,8 @@ class DiffusionHeadConfig:
         for name in ("width", "depth", "train_steps", "sample_steps", "batch_mul"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"DiffusionHeadConfig.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.clip_range <= 0:
+            raise ConfigError(f"DiffusionHeadConfig.clip_range: must be > 0, got {self.clip_range}")
         if self.flow_shift <= 0:
             raise ConfigError(f"DiffusionHeadConfig.flow_shift: must be > 0, got {self.flow_shift}")
         if not 1 <= self.dpm_order <= 3:
@@ -112,7 +115,7 @@ class DiffusionHead(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Scalar loss: per-token loss (N,) averaged over entries with mask = 1 (all if ``mask`` is None)."""
-        per_token = self.loss_terms(target, z, mask=None, generator=generator)["loss"]
+        per_token = self.loss_terms(target, z, generator=generator)["loss"]
         m = self.cfg.batch_mul
         if mask is None:
             return per_token.mean()
@@ -122,7 +125,7 @@ class DiffusionHead(nn.Module):
         return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
 
     def loss_terms(
-        self, target: torch.Tensor, z: torch.Tensor, mask=None, generator: torch.Generator | None = None
+        self, target: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """Per-token terms (N * batch_mul,): ``loss`` and ``mse`` + ``vb`` (ddpm) or ``mse`` (flow)."""
         if target.ndim != 2 or target.shape[1] != self.target_channels:
@@ -140,7 +143,7 @@ class DiffusionHead(nn.Module):
             t = torch.randint(0, self.cfg.train_steps, (n,), generator=generator, device=dev)
             tab = self.train_tables.on(dev)
             x_t = q_sample(tab, x0, t, noise)
-            out = self.net(x_t.to(target.dtype), t, z)
+            out = self.net(x_t.to(self._dtype()), t, z.to(self._dtype()))
             terms = ddpm_training_terms(tab, out, x0, x_t, t, noise)
             return {"loss": terms.loss, "mse": terms.mse, "vb": terms.vb}
         if self.cfg.flow_t == "logit_normal":
@@ -149,9 +152,13 @@ class DiffusionHead(nn.Module):
             t = torch.rand((n,), generator=generator, device=dev)
         tt = t[:, None]
         x_t = (1.0 - tt) * x0 + tt * noise
-        v = self.net(x_t.to(target.dtype), t * self.cfg.train_steps, z).float()
+        v = self.net(x_t.to(self._dtype()), t * self.cfg.train_steps, z.to(self._dtype())).float()
         mse = ((v - (noise - x0)) ** 2).mean(dim=1)
         return {"loss": mse, "mse": mse}
+
+    def _dtype(self) -> torch.dtype:
+        p = next(self.net.parameters(), None)
+        return p.dtype if p is not None else torch.float32
 
     # ------------------------------------------------------------------ sampling
     def spaced_tables(self, num_steps: int) -> GaussianTables:
@@ -205,7 +212,8 @@ class DiffusionHead(nn.Module):
             raise ValueError(f"DiffusionHead.sample: objective {self.cfg.objective!r} has samplers "
                              f"{SAMPLERS[self.cfg.objective]}, got {sampler!r}")
         K = int(num_steps or self.cfg.sample_steps)
-        clip = self.cfg.clip_denoised if clip_denoised is None else bool(clip_denoised)
+        do_clip = self.cfg.clip_denoised if clip_denoised is None else bool(clip_denoised)
+        clip = float(self.cfg.clip_range) if do_clip else None
         guided = (cfg != 1.0) if guidance is None else bool(guidance)
         if z.ndim != 2 or z.shape[1] != self.z_channels or (guided and z.shape[0] % 2):
             raise ValueError(
@@ -245,8 +253,7 @@ class DiffusionHead(nn.Module):
     def _denoiser(self, z: torch.Tensor, t_values: list, scale: float, guided: bool):
         """fn(x (N, C), j) -> net output at t_values[j] (guided if requested); embeddings computed once."""
         net, C = self.net, self.target_channels
-        p = next(net.parameters(), None)
-        dtype = p.dtype if p is not None else torch.float32
+        dtype = self._dtype()
         c_emb = net.embed_cond(z.to(dtype))  # (N or 2N, W)
         t_emb = net.embed_time(torch.tensor(t_values, dtype=torch.float32, device=z.device))  # (K, W)
         if not guided:

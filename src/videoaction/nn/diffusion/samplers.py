@@ -23,10 +23,11 @@ def ddpm_sample(
     x: torch.Tensor,
     tables: GaussianTables,
     temperature: float = 1.0,
-    clip_denoised: bool = False,
+    clip: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """IDDPM ``p_sample_loop`` from x = x_T (N, C); j-th call of ``fn`` is respaced step K-1-j."""
+    """IDDPM ``p_sample_loop`` from x = x_T (N, C); j-th call of ``fn`` is respaced step K-1-j.
+    ``clip``: clamp the predicted x0 to [-clip, clip] at every step (None: no clipping)."""
     f = tables.floats()
     C = x.shape[1]
     noise = torch.empty_like(x)
@@ -36,8 +37,8 @@ def ddpm_sample(
         out = fn(x, j).float()
         eps, v = out[:, :C], out[:, C:]
         x0 = torch.mul(x, f["sqrt_recip_alphas_cumprod"][i]).sub_(eps, alpha=f["sqrt_recipm1_alphas_cumprod"][i])
-        if clip_denoised:
-            x0.clamp_(-1.0, 1.0)
+        if clip is not None:
+            x0.clamp_(-clip, clip)
         mean = x0.mul_(f["posterior_mean_coef1"][i]).add_(x, alpha=f["posterior_mean_coef2"][i])
         if i == 0:
             x = mean  # no noise at the last step
@@ -50,9 +51,9 @@ def ddpm_sample(
     return x
 
 
-def clip_eps(x: torch.Tensor, eps: torch.Tensor, sqrt_ac: float, sqrt_1m_ac: float) -> torch.Tensor:
-    """The epsilon whose implied x0 = (x - sqrt(1-abar) eps)/sqrt(abar) is clipped to [-1, 1]."""
-    x0 = ((x - sqrt_1m_ac * eps) / sqrt_ac).clamp_(-1.0, 1.0)
+def clip_eps(x: torch.Tensor, eps: torch.Tensor, sqrt_ac: float, sqrt_1m_ac: float, clip: float) -> torch.Tensor:
+    """The epsilon whose implied x0 = (x - sqrt(1-abar) eps)/sqrt(abar) is clipped to [-clip, clip]."""
+    x0 = ((x - sqrt_1m_ac * eps) / sqrt_ac).clamp_(-clip, clip)
     return (x - sqrt_ac * x0) / sqrt_1m_ac
 
 
@@ -63,7 +64,7 @@ def scheduler_sample(
     timesteps: list[int],
     base: GaussianTables,
     temperature: float = 1.0,
-    clip_denoised: bool = False,
+    clip: float | None = None,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
 ) -> torch.Tensor:
@@ -73,12 +74,12 @@ def scheduler_sample(
     deterministic samplers (DDIM eta = 0, DPM-Solver++) temperature has no effect.
     """
     C = x.shape[1]
-    f = base.floats() if clip_denoised else None
+    f = base.floats() if clip is not None else None
     is_ddim = type(scheduler).__name__ == "DDIMScheduler"
     for j, t in enumerate(timesteps):
         eps = fn(x, j)[:, :C].float()
         if f is not None:
-            eps = clip_eps(x, eps, f["sqrt_alphas_cumprod"][t], f["sqrt_one_minus_alphas_cumprod"][t])
+            eps = clip_eps(x, eps, f["sqrt_alphas_cumprod"][t], f["sqrt_one_minus_alphas_cumprod"][t], clip)
         if is_ddim:
             vn = None
             if eta > 0:
@@ -96,15 +97,15 @@ def flow_times(num_steps: int, shift: float = 1.0) -> list[float]:
 
 
 def euler_flow_sample(
-    fn: Denoiser, x: torch.Tensor, num_steps: int, clip_denoised: bool = False, shift: float = 1.0
+    fn: Denoiser, x: torch.Tensor, num_steps: int, clip: float | None = None, shift: float = 1.0
 ) -> torch.Tensor:
     """x_t = (1 - t) x_data + t eps, velocity v = eps - x_data; Euler from t = 1 to t = 0 in ``num_steps`` steps."""
     ts = flow_times(num_steps, shift)
     for j in range(num_steps):
         t, t_next = ts[j], ts[j + 1]
         v = fn(x, j).float()
-        if clip_denoised:
-            x0 = (x - t * v).clamp_(-1.0, 1.0)
+        if clip is not None:
+            x0 = (x - t * v).clamp_(-clip, clip)
             v = (x - x0) / t
         x = x.add(v, alpha=t_next - t)
     return x
