@@ -277,3 +277,14 @@ def test_language_condition_dropout_and_guidance():
     a2 = p.predict_action(dict(o, language=["pull"]), generator=torch.Generator().manual_seed(0))["action_pred"]
     a3 = p.predict_action(o, cfg=2.5, generator=torch.Generator().manual_seed(0))["action_pred"]
     assert not torch.allclose(a1, a2) and not torch.allclose(a1, a3)
+
+
+def test_rollout_feeds_predictions_back_as_history(policy):
+    o = obs(b=1, seed=5)
+    roll = policy.rollout_video(o, None, n_chunks=2, num_iter=2, decode=False,
+                                generator=torch.Generator().manual_seed(3))["latent"]
+    g = torch.Generator().manual_seed(3)
+    cond = policy.condition(o)
+    first = policy.sample_video(cond, None, num_iter=2, generator=g)["latent"]
+    second = policy.sample_video(dict(cond, history=first), None, num_iter=2, generator=g)["latent"]
+    assert torch.equal(roll, torch.cat([first, second], dim=1))

@@ -18,7 +18,6 @@ masked tokens, action loss on the ``n_actions`` actions from the last history fr
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,17 +28,14 @@ from videoaction.data.normalizer import Normalizer
 from videoaction.data.sampler import frame_positions
 from videoaction.models.base import LossOutput, ObsSpec, Policy
 from videoaction.models.uva.config import UVARunConfig
-from videoaction.models.uva.masking import (MODE_SPECS, choose_mode, cosine_mask_len, mask_from_orders,
-                                            random_orders, random_spatial_mask, sample_mask_ratio)
+from videoaction.models.uva.masking import MODE_SPECS, choose_mode, random_spatial_mask, sample_mask_ratio
 from videoaction.models.uva.network import UVANetwork
+from videoaction.models.uva.sampling import Cond, UVASamplingMixin
 from videoaction.nn.text import build_text_encoder
 from videoaction.nn.tokenizer import (KL16Autoencoder, SmallAutoencoder, Tokenizer, TokenizerConfig, TokenizerError,
                                       build_tokenizer, resolved_config)
 
-Cond = dict[str, Any]  # history (B,Th,C,h,w), state, history_actions, text (B,Dt) | None
-
-
-class UVAPolicy(Policy):
+class UVAPolicy(UVASamplingMixin, Policy):
     """Unified Video Action model (see the module docstring for the functions it offers)."""
 
     family = "uva"
@@ -243,98 +239,6 @@ class UVAPolicy(Policy):
                 raise VideoActionError(f"observation 'language': expected a list of {b} instructions, found {lang!r}")
             cond["text"] = self.encode_text(lang)
         return cond
-
-    # ------------------------------------------------------------------------------------------ network calls
-    def _uncond_flags(self, b: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(history_drop, text_drop) for a doubled [cond; uncond] batch."""
-        m = self.cfg.model
-        which = m.cfg_condition if m.cfg_condition != "auto" else ("text" if m.language else "history")
-        trained = m.label_drop_prob > 0 and m.language if which == "text" else m.history_drop_prob > 0
-        if not trained and not self._warned_cfg:
-            self._warned_cfg = True
-            warnings.warn(f"classifier-free guidance drops the {which} condition, but this model was configured "
-                          f"without {which} dropout in training (model.{'label' if which == 'text' else 'history'}"
-                          f"_drop_prob = 0): its unconditional branch is untrained", stacklevel=3)
-        flags = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(self.device)
-        return (flags, None) if which == "history" else (None, flags)
-
-    def _forward(self, cond: Cond, future=None, future_mask=None, actions=None, history_visible=True,
-                 guided: bool = False) -> torch.Tensor:
-        """Network pass; with ``guided`` every input is doubled into [cond; uncond] and z is (2B, N, D)."""
-        hist = cond["history"] if history_visible else None
-        kw = dict(state=cond.get("state"), history_actions=cond.get("history_actions"), text=cond.get("text"))
-        b = cond["history"].shape[0]
-        hd = td = None
-        if guided:
-            def dup(t):
-                return None if t is None else torch.cat([t, t])
-            hd, td = self._uncond_flags(b)
-            future, future_mask, actions, hist = dup(future), dup(future_mask), dup(actions), dup(hist)
-            kw = {k: dup(v) for k, v in kw.items()}
-            b = 2 * b
-        return self.model(future, hist, future_mask=future_mask, actions=actions, history_drop=hd, text_drop=td,
-                          batch_size=b, **kw)
-
-    def sample_actions(self, cond: Cond, *, future=None, future_mask=None, history_visible=True,
-                       temperature: float | None = None, cfg: float | None = None, sampler: str | None = None,
-                       num_steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalised actions (B, n_actions, A) from one network pass (policy_model by default)."""
-        m = self.cfg.model
-        if not m.predict_action:
-            raise VideoActionError("this UVA model has no action head (stage-1 config, model.predict_action False)")
-        s = m.act_cfg if cfg is None else cfg
-        z = self._forward(cond, future, future_mask, None, history_visible, guided=s != 1.0)
-        return self.model.diffactloss.sample_actions(z, temperature=m.temperature if temperature is None else temperature,
-                                                     cfg=s, num_steps=num_steps, sampler=sampler, generator=generator)
-
-    def sample_video(self, cond: Cond, actions: torch.Tensor | None = None, *, num_iter: int | None = None,
-                     cfg: float | None = None, cfg_schedule: str | None = None, temperature: float | None = None,
-                     sampler: str | None = None, num_steps: int | None = None, joint: bool = False,
-                     generator: torch.Generator | None = None, force_guidance: bool = False
-                     ) -> dict[str, torch.Tensor]:
-        """MAR iterative sampling of the future latents (B, T, C, h, w); ``actions`` normalised (dynamic_model).
-
-        ``joint`` also samples actions from the last iteration's pass (full_dynamic_model, the planner).
-        ``force_guidance`` runs the doubled-batch guided path even at cfg = 1 (equal to unguided; a test hook).
-        """
-        m, net = self.cfg.model, self.model
-        num_iter = m.num_iter if num_iter is None else int(num_iter)
-        s_cfg = m.cfg if cfg is None else float(cfg)
-        schedule = cfg_schedule or m.cfg_schedule
-        temp = m.temperature if temperature is None else temperature
-        b, tf, big_l = cond["history"].shape[0], net.n_future, net.seq_len
-        c, (h, w) = net.latent_channels, net.grid
-        dev = self.device
-        tokens = torch.zeros(b, tf, big_l, c, device=dev)
-        mask = torch.ones(b, big_l, dtype=torch.bool, device=dev)
-        orders = random_orders(b, big_l, generator, dev)  # one order per sample, shared by all frames
-        guided = s_cfg != 1.0 or force_guidance
-        out: dict[str, torch.Tensor] = {}
-        for step in range(num_iter):
-            fut = tokens.transpose(2, 3).reshape(b, tf, c, h, w)
-            z = self._forward(cond, fut, mask, actions, True, guided=guided)  # (B or 2B, N, D)
-            n_masked = int(mask[0].sum())
-            mask_len = cosine_mask_len(step, num_iter, big_l, n_masked)
-            last = step == num_iter - 1
-            new_mask = mask_from_orders(orders, mask_len) if not last else torch.zeros_like(mask)
-            predict = mask & ~new_mask  # (B, L)
-            s_iter = 1.0 + (s_cfg - 1.0) * (big_l - mask_len) / big_l if schedule == "linear" else s_cfg
-            pf = predict.unsqueeze(1).expand(b, tf, big_l)  # same positions in every frame
-            zz = z.reshape(z.shape[0], tf, big_l, -1)
-            zsel = torch.cat([zz[:b][pf], zz[b:][pf]]) if guided else zz[pf]
-            if zsel.shape[0]:
-                new = net.diffloss.sample(zsel, temperature=temp, cfg=s_iter if guided else 1.0, guidance=guided,
-                                          num_steps=num_steps, sampler=sampler, generator=generator)
-                tokens[pf] = new.to(tokens.dtype)
-            if joint and last:  # the planner's actions come from the last pass (video mostly visible)
-                if guided:
-                    out["action_norm"] = net.diffactloss.sample_actions(z, temperature=temp, cfg=m.act_cfg,
-                                                                        guidance=True, generator=generator)
-                else:
-                    out["action_norm"] = net.diffactloss.sample_actions(z[:b], temperature=temp, generator=generator)
-            mask = new_mask
-        out["latent"] = tokens.transpose(2, 3).reshape(b, tf, c, h, w)
-        return out
 
     # ------------------------------------------------------------------------------------------ public inference
     @torch.no_grad()
