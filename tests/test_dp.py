@@ -150,8 +150,9 @@ def test_dp_tiny_trains_and_predicts_chunks():
     policy.eval()
     obs = {"image": frames[:2].numpy(), "state": state[:2, :2].numpy()}  # numpy in, raw 96x96 frames
     with torch.inference_mode():
-        ddim = policy.predict_action(obs, sampler="ddim")
-        ddpm = policy.predict_action(obs)  # default: DDPM, 100 steps
+        ddim = policy.predict_action(obs, sampler="ddim")  # per-call sampler, its default 16 steps
+        assert len(policy._scheduler("ddim").timesteps) == 16
+        ddpm = policy.predict_action(obs)  # config default: DDPM, 100 steps
     assert len(policy.noise_scheduler.timesteps) == 100
     for res in (ddim, ddpm):
         assert res["action"].shape == (2, 8, 2) and res["action_pred"].shape == (2, 16, 2)

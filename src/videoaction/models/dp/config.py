@@ -41,7 +41,7 @@ class DPConfig:
     prediction_type: str = "epsilon"  # epsilon | sample
     clip_sample: bool = True
     sampler: str = "ddpm"  # default sampler at inference: ddpm | ddim
-    num_inference_steps: int | None = None  # None: num_train_steps for DDPM, ddim_steps for DDIM
+    num_inference_steps: int | None = None  # steps of `sampler`; None: num_train_steps for DDPM, ddim_steps for DDIM
     ddim_steps: int = 16
     ddim_eta: float = 0.0
     mask_padding: bool = False  # exclude padded steps from the loss (DP trains on edge-padded actions: False)

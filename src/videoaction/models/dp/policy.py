@@ -172,8 +172,9 @@ class DiffusionPolicy(Policy):
         ``action_pred`` (B, horizon, A). ``sampler`` / ``num_steps`` override the config for this call."""
         m = self.mcfg
         sampler = sampler or m.sampler
-        if num_steps is None:
-            num_steps = m.num_inference_steps or (m.num_train_steps if sampler == "ddpm" else m.ddim_steps)
+        if num_steps is None:  # the config's step count goes with the config's sampler; else that sampler's default
+            default = m.num_train_steps if sampler == "ddpm" else m.ddim_steps
+            num_steps = m.num_inference_steps if (m.num_inference_steps and sampler == m.sampler) else default
         if not 1 <= num_steps <= m.num_train_steps:
             raise ConfigError(f"DP num_steps must be in [1, {m.num_train_steps}], got {num_steps}")
         scheduler = self._scheduler(sampler)
