@@ -288,3 +288,20 @@ def test_rollout_feeds_predictions_back_as_history(policy):
     first = policy.sample_video(cond, None, num_iter=2, generator=g)["latent"]
     second = policy.sample_video(dict(cond, history=first), None, num_iter=2, generator=g)["latent"]
     assert torch.equal(roll, torch.cat([first, second], dim=1))
+
+
+def test_latent_cache_reuses_shared_history_frames(policy):
+    seq = torch.randint(0, 256, (1, 24, 40, 40, 3), generator=torch.Generator().manual_seed(9), dtype=torch.uint8)
+    first, second = {"image": seq[:, :16]}, {"image": seq[:, 8:24]}  # next call after executing 8 actions
+    ref = [policy.condition(o)["history"] for o in (first, second)]
+    n = {"enc": 0}
+    hook = policy.tokenizer.encoder.register_forward_pre_hook(lambda _m, x: n.__setitem__("enc", n["enc"] + x[0].shape[0]))
+    try:
+        policy.enable_latent_cache(64)
+        got = [policy.condition(o)["history"] for o in (first, second)]
+    finally:
+        hook.remove()
+        policy.enable_latent_cache(0)
+    assert n["enc"] == 4 + 2  # frames 11 and 15 of the first call are frames 3 and 7 of the second
+    for r, c in zip(ref, got):
+        assert torch.allclose(r, c, atol=1e-5)

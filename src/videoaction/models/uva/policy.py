@@ -18,6 +18,8 @@ masked tokens, action loss on the ``n_actions`` actions from the last history fr
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Any, Mapping
 
 import numpy as np
@@ -36,7 +38,21 @@ from videoaction.nn.tokenizer import (KL16Autoencoder, SmallAutoencoder, Tokeniz
                                       build_tokenizer, resolved_config)
 
 class UVAPolicy(UVASamplingMixin, Policy):
-    """Unified Video Action model (see the module docstring for the functions it offers)."""
+    """Unified Video Action model (see the module docstring for the functions it offers).
+
+    Example (raw observations as the environment gives them; the last ``n_obs_steps`` = 16 frames)::
+
+        policy = load_policy("runs/uva/checkpoints/latest")            # or UVAPolicy(get_preset("uva-tiny"))
+        obs = {"image": frames_uint8}                                   # (B, 16, H, W, 3) [+ "state", "language"]
+        policy.predict_action(obs)["action"]                            # (B, 8, A): execute these
+        policy.predict_action(obs, sampler="ddim", num_steps=16)        # few-step action head
+        policy.predict_video(obs, num_iter=8, cfg=2.0)["frames"]        # (B, 4, S, S, 3) uint8 video model
+        policy.predict_video(obs, actions=chunk)                        # forward dynamics, chunk (B, 16, A)
+        policy.inverse_dynamics(None, future_frames)["action_pred"]     # actions explaining a video
+        policy.plan(obs)                                                # joint video + actions
+        policy.rollout_video(obs, "policy", n_chunks=4)                 # long horizon, predictions fed back
+        policy.plan_with_dynamics(obs, candidates, goal=goal_image)     # best of K chunks by predicted outcome
+    """
 
     family = "uva"
     config_class = UVARunConfig
@@ -70,6 +86,8 @@ class UVAPolicy(UVASamplingMixin, Policy):
             raise VideoActionError(f"model.n_actions {m.n_actions} from window position {self.action_start} does "
                                    f"not fit dataset.horizon {ds.horizon}")
         self._warned_cfg = False
+        self._latent_cache: OrderedDict[bytes, torch.Tensor] | None = None
+        self._latent_cache_size = 0
         self.text_encoder = None
         self._frozen_text: list = []  # a frozen pretrained text encoder (CLIP, ...) is built on first use
         if m.language and m.text.kind in ("task_embedding", "none"):
@@ -173,6 +191,35 @@ class UVAPolicy(UVASamplingMixin, Policy):
         x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
         return x.reshape(b, f, *x.shape[1:])
 
+    def enable_latent_cache(self, max_frames: int = 256) -> None:
+        """Remember the latents of observed frames (keyed by their bytes): consecutive policy calls share history
+        frames (UVA: 2 of 4 when executing 8 of 16 actions), so only new frames are encoded. ``0`` disables."""
+        self._latent_cache = OrderedDict() if max_frames > 0 else None
+        self._latent_cache_size = max_frames
+
+    @torch.no_grad()
+    def encode_observed(self, frames) -> torch.Tensor:
+        """Raw uint8 frames (B, F, H, W, 3) -> latents (B, F, C, h, w), through the latent cache when enabled."""
+        if self._latent_cache is None:
+            return self.encode_frames(self.preprocess(frames))
+        arr = np.ascontiguousarray(frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames))
+        b, f = arr.shape[:2]
+        keys = [hashlib.blake2b(arr[i, j].tobytes() + str(arr.shape[2:]).encode(), digest_size=16).digest()
+                for i in range(b) for j in range(f)]
+        cache = self._latent_cache
+        todo = sorted({k: n for n, k in enumerate(keys) if k not in cache}.values())
+        if todo:
+            flat = arr.reshape(b * f, *arr.shape[2:])[todo][None]  # (1, n_new, H, W, 3)
+            new = self.encode_frames(self.preprocess(flat))[0]
+            for n, z in zip(todo, new):
+                cache[keys[n]] = z
+        out = torch.stack([cache[k] for k in keys])
+        for k in keys:
+            cache.move_to_end(k)
+        while len(cache) > self._latent_cache_size:
+            cache.popitem(last=False)
+        return out.reshape(b, f, *out.shape[1:])
+
     def preprocess(self, frames) -> torch.Tensor:
         """uint8 frames (B, F, H, W, 3) -> (B, F, 3, S, S) in [-1, 1] (the dataset's evaluation transform)."""
         from videoaction.data.transforms import preprocess_frames
@@ -218,7 +265,7 @@ class UVAPolicy(UVASamplingMixin, Policy):
             raise VideoActionError(f"observation 'image': expected (B, {t_need}, H, W, 3) uint8 (the last "
                                    f"{t_need} frames), found shape {tuple(img.shape)}")
         img = img[:, img.shape[1] - t_need:]
-        cond: Cond = {"history": self.encode_frames(self.preprocess(img[:, self.history_positions]))}
+        cond: Cond = {"history": self.encode_observed(img[:, self.history_positions])}
         b = img.shape[0]
         if m.use_state:
             st = torch.as_tensor(np.asarray(obs["state"]), dtype=torch.float32) if "state" in obs else None
