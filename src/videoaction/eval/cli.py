@@ -124,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     policy, ckpt_cfg = None, None
     if args.checkpoint:
-        from videoaction.models.base import load_policy, read_checkpoint_config
+        from videoaction.models.base import load_policy, read_checkpoint_config, resolve_checkpoint_dir
 
-        ckpt_cfg = read_checkpoint_config(args.checkpoint)
+        ckpt_dir = resolve_checkpoint_dir(args.checkpoint)
+        ckpt_cfg = read_checkpoint_config(ckpt_dir)
+        if args.run_dir is None:
+            args.run_dir = _guess_run_dir(Path(args.checkpoint), ckpt_dir)
         policy = load_policy(args.checkpoint, prefer_ema=not args.no_ema, map_location=_device(args.device))
         name = f"{ckpt_cfg.get('preset') or ckpt_cfg['family']} ({args.checkpoint})"
     elif args.policy == "random":
@@ -173,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                             video_results=video_res, config=ckpt_cfg)
         print(f"report: {path}")
     return 0
+
+
+def _guess_run_dir(given: Path, ckpt_dir: Path) -> Path | None:
+    """The training run directory (the one holding ``metrics.jsonl``) of a checkpoint, if there is one."""
+    for d in (given, ckpt_dir.parent.parent, given.parent.parent):
+        if (d / "metrics.jsonl").is_file():
+            return d
+    return None
 
 
 def _has_display() -> bool:
