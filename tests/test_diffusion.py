@@ -448,3 +448,18 @@ def test_stochastic_ddim_uses_temperature_and_generator():
     z = torch.eye(2)
     run = lambda s: head.sample(z, sampler="ddim", num_steps=5, generator=torch.Generator().manual_seed(s))  # noqa: E731
     assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
+
+
+def test_stochastic_ddim_step_matches_diffusers():
+    from videoaction.nn.diffusion.samplers import _ddim_eta_step
+
+    sched = make_diffusers_scheduler("ddim", 1000, "cosine")
+    sched.set_timesteps(5)  # trailing: 999, 799, 599, 399, 199
+    base = GaussianTables(cosine_betas(1000))
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    for t, prev in ((799, 599), (199, -1)):
+        z = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+        ref = sched.step(eps, t, x, eta=0.5, variance_noise=z, return_dict=False)[0]
+        mine = _ddim_eta_step(x.clone(), eps, t, prev, base, 0.5, 1.0, torch.Generator().manual_seed(1))
+        assert torch.allclose(mine, ref, atol=1e-5, rtol=1e-5)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -80,14 +81,32 @@ def scheduler_sample(
         eps = fn(x, j)[:, :C].float()
         if f is not None:
             eps = clip_eps(x, eps, f["sqrt_alphas_cumprod"][t], f["sqrt_one_minus_alphas_cumprod"][t], clip)
-        if is_ddim:
-            vn = None
-            if eta > 0:
-                vn = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(temperature)
-            x = scheduler.step(eps, t, x, eta=eta, variance_noise=vn, return_dict=False)[0]
+        if is_ddim and eta > 0:
+            prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+            x = _ddim_eta_step(x, eps, t, prev, base, eta, temperature, generator)
+        elif is_ddim:
+            x = scheduler.step(eps, t, x, eta=0.0, return_dict=False)[0]
         else:
             x = scheduler.step(eps, t, x, generator=generator, return_dict=False)[0]
     return x
+
+
+def _ddim_eta_step(x, eps, t: int, prev: int, base: GaussianTables, eta: float, temperature: float, generator):
+    """Stochastic DDIM step t -> prev (prev < 0: the data, alpha_bar 1) with float64 coefficients.
+
+    Same update as diffusers' ``DDIMScheduler.step`` (x0 from eps; sigma = eta sqrt((1-a_p)/(1-a_t))
+    sqrt(1-a_t/a_p); x = sqrt(a_p) x0 + sqrt(1-a_p-sigma^2) eps + sigma z), but its float32
+    ``(1 - a_p - sigma^2) ** 0.5`` turns NaN at t = 999 with eta = 1 (rounds below 0); clamped here.
+    The per-step noise z is multiplied by ``temperature``."""
+    a_t = float(base.alphas_cumprod[t])
+    a_p = float(base.alphas_cumprod[prev]) if prev >= 0 else 1.0
+    sigma = eta * math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(max(1 - a_t / a_p, 0.0))
+    x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    out = x0.mul_(math.sqrt(a_p)).add_(eps, alpha=math.sqrt(max(1 - a_p - sigma * sigma, 0.0)))
+    if sigma > 0:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        out.add_(noise, alpha=sigma * temperature)
+    return out
 
 
 def flow_times(num_steps: int, shift: float = 1.0) -> list[float]:
