@@ -203,3 +203,49 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: 
         if shapes:
             parts.append(f"{len(shapes)} mis-shaped: {_list(shapes)}")
         raise TokenizerError("; ".join(parts))
+
+
+def kl16_to_diffusers_state_dict(sd: Mapping[str, torch.Tensor], n_levels: int = 5) -> dict[str, torch.Tensor]:
+    """Rename (and reshape 1x1-conv attention projections to Linear) MAR kl16 keys to diffusers' AutoencoderKL."""
+    out: dict[str, torch.Tensor] = {}
+    attn = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+    for key, t in sd.items():
+        p = key.split(".")
+        if p[0] in ("encoder", "decoder") and p[1] in ("down", "up"):
+            lvl = int(p[2]) if p[1] == "down" else n_levels - 1 - int(p[2])
+            base = f"{p[0]}.{p[1]}_blocks.{lvl}"
+            if p[3] == "block":
+                leaf = "conv_shortcut" if p[5] == "nin_shortcut" else p[5]
+                new = f"{base}.resnets.{p[4]}.{leaf}.{p[6]}"
+            elif p[3] == "attn":
+                new = f"{base}.attentions.{p[4]}.{attn[p[5]]}.{p[6]}"
+            else:  # downsample.conv / upsample.conv
+                new = f"{base}.{p[3]}rs.0.conv.{p[5]}"
+        elif p[0] in ("encoder", "decoder") and p[1] == "mid":
+            sub = {"block_1": "resnets.0", "block_2": "resnets.1", "attn_1": "attentions.0"}[p[2]]
+            leaf = attn[p[3]] if p[2] == "attn_1" else p[3]
+            new = f"{p[0]}.mid_block.{sub}.{leaf}.{p[4]}"
+        elif p[0] in ("encoder", "decoder") and p[1] == "norm_out":
+            new = f"{p[0]}.conv_norm_out.{p[2]}"
+        else:
+            new = key
+        if ".attentions." in new and t.dim() == 4:
+            t = t[:, :, 0, 0]
+        out[new] = t
+    return out
+
+
+def to_diffusers(model: KL16Autoencoder):
+    """The same network as a diffusers ``AutoencoderKL`` with our weights (e.g. for its tiled decoding)."""
+    from diffusers import AutoencoderKL
+
+    ch, mult = model.arch["ch"], model.arch["ch_mult"]
+    n = len(mult)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=model.latent_channels,
+                        down_block_types=("DownEncoderBlock2D",) * (n - 1) + ("AttnDownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(ch * m for m in mult),
+                        layers_per_block=2, act_fn="silu", norm_num_groups=32, scaling_factor=model.scale)
+    missing, unexpected = vae.load_state_dict(kl16_to_diffusers_state_dict(model.state_dict(), n), strict=False)
+    if missing or unexpected:
+        raise TokenizerError(f"diffusers AutoencoderKL layout mismatch: missing {missing}, unexpected {unexpected}")
+    return vae

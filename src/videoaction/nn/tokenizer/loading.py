@@ -106,6 +106,7 @@ def save_tokenizer(model: Tokenizer, out_dir, extra: dict | None = None) -> Path
         raise TypeError(f"cannot save a {type(model).__name__}")
     cfg["n_params"] = sum(p.numel() for p in model.parameters())
     cfg.update(extra or {})
+    (out / CONFIG_NAME).unlink(missing_ok=True)  # no JSON = incomplete: a kill below never pairs new/old files
     save_state_dict(model.state_dict(), out / WEIGHTS_NAME, metadata={"format": "pt", "kind": cfg["kind"]})
     atomic_write_json(out / CONFIG_NAME, cfg)  # written last: its presence marks a complete save
     return out
