@@ -152,7 +152,7 @@ class DiffusionPolicy(Policy):
         if img.ndim != 5 or img.shape[1] != m.n_obs_steps or img.shape[-1] != 3:
             raise VideoActionError(f"DP observation 'image': expected (B, {m.n_obs_steps}, H, W, 3) uint8, "
                                    f"got {tuple(img.shape)} {img.dtype}")
-        image = preprocess_frames(img.cpu(), self.cfg.dataset).to(self.device)  # (B, To, 3, S, S)
+        image = preprocess_frames(img.to(self.device), self.cfg.dataset)  # (B, To, 3, S, S) on the model device
         state = None
         if m.state_dim:
             if "state" not in obs:
