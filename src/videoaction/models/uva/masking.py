@@ -36,9 +36,14 @@ MODE_SPECS: dict[str, ModeSpec] = {
 assert set(MODE_SPECS) == set(TASK_MODES)
 
 
+def gen_device(generator: torch.Generator | None) -> torch.device:
+    """Where random draws with ``generator`` must be made (its own device; CPU without one)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def choose_mode(modes, generator: torch.Generator | None = None) -> str:
     """One task mode for the whole batch, uniform over ``modes``."""
-    i = int(torch.randint(len(modes), (1,), generator=generator).item())
+    i = int(torch.randint(len(modes), (1,), generator=generator, device=gen_device(generator)).item())
     return modes[i]
 
 
@@ -47,7 +52,7 @@ def sample_mask_ratio(generator: torch.Generator | None = None, low: float = 0.7
     """Truncated normal N(loc, std) restricted to [low, high] by exact inverse-CDF sampling (float64)."""
     a = torch.tensor((low - loc) / std, dtype=torch.float64)
     b = torch.tensor((high - loc) / std, dtype=torch.float64)
-    u = torch.rand((), generator=generator, dtype=torch.float64)
+    u = torch.rand((), generator=generator, dtype=torch.float64, device=gen_device(generator)).cpu()
     pa, pb = torch.special.ndtr(a), torch.special.ndtr(b)
     x = torch.special.ndtri(pa + u * (pb - pa))
     return float(min(max(loc + std * x.item(), low), high))
@@ -56,7 +61,7 @@ def sample_mask_ratio(generator: torch.Generator | None = None, low: float = 0.7
 def random_orders(batch: int, length: int, generator: torch.Generator | None = None,
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """(B, L) int64: one random permutation of the L spatial positions per sample."""
-    return torch.rand(batch, length, generator=generator).argsort(dim=1).to(device)
+    return torch.rand(batch, length, generator=generator, device=gen_device(generator)).argsort(dim=1).to(device)
 
 
 def mask_from_orders(orders: torch.Tensor, n_masked: int) -> torch.Tensor:

@@ -30,7 +30,8 @@ from videoaction.data.normalizer import Normalizer
 from videoaction.data.sampler import frame_positions
 from videoaction.models.base import LossOutput, ObsSpec, Policy
 from videoaction.models.uva.config import UVARunConfig
-from videoaction.models.uva.masking import MODE_SPECS, choose_mode, random_spatial_mask, sample_mask_ratio
+from videoaction.models.uva.masking import (MODE_SPECS, choose_mode, gen_device, random_spatial_mask,
+                                            sample_mask_ratio)
 from videoaction.models.uva.network import UVANetwork
 from videoaction.models.uva.sampling import Cond, UVASamplingMixin
 from videoaction.nn.text import build_text_encoder
@@ -405,7 +406,7 @@ class UVAPolicy(UVASamplingMixin, Policy):
         b = action.shape[0]
         ratio = sample_mask_ratio(g, m.mask_ratio_min, 1.0, m.mask_ratio_loc, m.mask_ratio_std)
         mask = random_spatial_mask(b, net.seq_len, ratio, g, dev)  # same for every future frame
-        u = torch.rand(2, b, generator=g).to(dev)  # text / history dropout draws
+        u = torch.rand(2, b, generator=g, device=gen_device(g)).to(dev)  # text / history dropout draws
         nh = net.n_history
         need_future = spec.future != "fake"
         hist, fut = self._batch_latents(batch, spec.history, need_future, g)
@@ -454,6 +455,7 @@ class UVAPolicy(UVASamplingMixin, Policy):
         if "image" not in batch:
             raise VideoActionError(f"training batch: needs 'image' or 'latent', found keys {sorted(batch)}")
         img = batch["image"]
+        g = g if g is None or g.device == self.device else None  # the posterior sample draws on the model's device
         hist = self.encode_frames(img[:, :nh], self.cfg.model.sample_latents, g) if need_history else None
         fut = self.encode_frames(img[:, nh:], self.cfg.model.sample_latents, g) if need_future else None
         return hist, fut
