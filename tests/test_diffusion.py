@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from videoaction.data.errors import ConfigError
+from videoaction.data.errors import ConfigError, VideoActionError
 from videoaction.nn.diffusion import (
     DiffusionHead,
     DiffusionHeadConfig,
@@ -178,6 +178,10 @@ def test_config_validation():
         head.sample(torch.randn(4, 5))
     with pytest.raises(ValueError, match="cond; uncond"):
         head.sample(torch.randn(3, 3), cfg=2.0)
+    with pytest.raises(VideoActionError, match="noise"):
+        head.sample(torch.randn(4, 3), noise=torch.randn(4, 3))
+    with pytest.raises(VideoActionError, match="target"):
+        head.loss(torch.randn(4, 3), torch.randn(4, 3))
 
 
 # ---------------------------------------------------------------------------------------------- analytic denoiser
@@ -272,10 +276,12 @@ def test_clip_denoised_keeps_samples_in_range(sampler):
     head = _oracle_head(objective, mu=torch.tensor([[3.0, -3.0], [0.0, 2.0]]))
     z = torch.eye(2).repeat_interleave(50, 0)
     free = head.sample(z, sampler=sampler, num_steps=8, generator=torch.Generator().manual_seed(0))
-    clip = head.sample(z, sampler=sampler, num_steps=8, generator=torch.Generator().manual_seed(0), clip_denoised=True)
+    clip = head.sample(z, sampler=sampler, num_steps=8, generator=torch.Generator().manual_seed(0),
+                       clip_denoised=True)
     assert free.abs().max() > 2.0 and clip.abs().max() <= 1.0 + 1e-4
     head.cfg.clip_range = 2.0
-    clip2 = head.sample(z, sampler=sampler, num_steps=8, generator=torch.Generator().manual_seed(0), clip_denoised=True)
+    clip2 = head.sample(z, sampler=sampler, num_steps=8, generator=torch.Generator().manual_seed(0),
+                        clip_denoised=True)
     assert clip2.abs().max() <= 2.0 + 1e-4 and clip2.abs().max() > 1.5
 
 
@@ -446,7 +452,9 @@ def test_stochastic_ddim_uses_temperature_and_generator():
     # eta = 1 adds the posterior (small) variance per step; measured 0.077-0.081 for data std 0.1
     assert 0.070 < lo and hi < 0.090 and hi_cold < 0.5 * lo
     z = torch.eye(2)
-    run = lambda s: head.sample(z, sampler="ddim", num_steps=5, generator=torch.Generator().manual_seed(s))  # noqa: E731
+    def run(seed):
+        return head.sample(z, sampler="ddim", num_steps=5, generator=torch.Generator().manual_seed(seed))
+
     assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
 
 

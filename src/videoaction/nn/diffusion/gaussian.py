@@ -112,7 +112,9 @@ class GaussianTables:
         """Float32 copies of the tables on ``device`` (cached; for per-token gathers in training)."""
         key = str(device)
         if key not in self._device_cache:
-            self._device_cache[key] = {n: getattr(self, n).to(device=device, dtype=torch.float32) for n in self.NAMES}
+            self._device_cache[key] = {
+                n: getattr(self, n).to(device=device, dtype=torch.float32) for n in self.NAMES
+            }
         return self._device_cache[key]
 
     def floats(self) -> dict[str, list[float]]:
@@ -160,7 +162,8 @@ class DDPMTerms:
 def q_sample(tab: dict[str, torch.Tensor], x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
     nd = x0.ndim
-    return _gather(tab["sqrt_alphas_cumprod"], t, nd) * x0 + _gather(tab["sqrt_one_minus_alphas_cumprod"], t, nd) * noise
+    a, s = _gather(tab["sqrt_alphas_cumprod"], t, nd), _gather(tab["sqrt_one_minus_alphas_cumprod"], t, nd)
+    return a * x0 + s * noise
 
 
 def ddpm_training_terms(

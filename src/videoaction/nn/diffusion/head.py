@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from videoaction.data.errors import ConfigError
+from videoaction.data.errors import ConfigError, VideoActionError
 from videoaction.nn.diffusion.gaussian import (
     GaussianTables,
     ddpm_training_terms,
@@ -31,6 +31,11 @@ from videoaction.nn.diffusion.mlp import SimpleMLPAdaLN
 from videoaction.nn.diffusion.samplers import ddpm_sample, euler_flow_sample, flow_times, scheduler_sample
 
 OBJECTIVES = ("ddpm", "flow")
+
+
+class HeadInputError(VideoActionError, ValueError):
+    """Tensors of the wrong shape passed to a diffusion head (or a sampler it does not have)."""
+
 SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm"), "flow": ("euler",)}
 
 
@@ -64,7 +69,9 @@ class DiffusionHeadConfig:
                 f"{SAMPLERS[self.objective]} (or 'auto'), got {self.sampler!r}"
             )
         if self.noise_schedule not in ("cosine", "linear"):
-            raise ConfigError(f"DiffusionHeadConfig.noise_schedule: expected 'cosine' or 'linear', got {self.noise_schedule!r}")
+            raise ConfigError(
+                f"DiffusionHeadConfig.noise_schedule: expected 'cosine' or 'linear', got {self.noise_schedule!r}"
+            )
         if self.flow_t not in ("logit_normal", "uniform"):
             raise ConfigError(f"DiffusionHeadConfig.flow_t: expected 'logit_normal' or 'uniform', got {self.flow_t!r}")
         for name in ("width", "depth", "train_steps", "sample_steps", "batch_mul"):
@@ -129,9 +136,11 @@ class DiffusionHead(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Per-token terms (N * batch_mul,): ``loss`` and ``mse`` + ``vb`` (ddpm) or ``mse`` (flow)."""
         if target.ndim != 2 or target.shape[1] != self.target_channels:
-            raise ValueError(f"DiffusionHead.loss: target must be (N, {self.target_channels}), got {tuple(target.shape)}")
+            raise HeadInputError(
+                f"DiffusionHead.loss: target must be (N, {self.target_channels}), got {tuple(target.shape)}"
+            )
         if z.shape != (target.shape[0], self.z_channels):
-            raise ValueError(
+            raise HeadInputError(
                 f"DiffusionHead.loss: z must be ({target.shape[0]}, {self.z_channels}), got {tuple(z.shape)}"
             )
         if self.cfg.batch_mul > 1:
@@ -209,14 +218,14 @@ class DiffusionHead(nn.Module):
         """
         sampler = sampler or self.cfg.resolved_sampler
         if sampler not in SAMPLERS[self.cfg.objective]:
-            raise ValueError(f"DiffusionHead.sample: objective {self.cfg.objective!r} has samplers "
+            raise HeadInputError(f"DiffusionHead.sample: objective {self.cfg.objective!r} has samplers "
                              f"{SAMPLERS[self.cfg.objective]}, got {sampler!r}")
         K = int(num_steps or self.cfg.sample_steps)
         do_clip = self.cfg.clip_denoised if clip_denoised is None else bool(clip_denoised)
         clip = float(self.cfg.clip_range) if do_clip else None
         guided = (cfg != 1.0) if guidance is None else bool(guidance)
         if z.ndim != 2 or z.shape[1] != self.z_channels or (guided and z.shape[0] % 2):
-            raise ValueError(
+            raise HeadInputError(
                 f"DiffusionHead.sample: z must be (N, {self.z_channels})"
                 + (" with N even ([cond; uncond])" if guided else "") + f", got {tuple(z.shape)}"
             )
@@ -224,6 +233,8 @@ class DiffusionHead(nn.Module):
         C, dev = self.target_channels, z.device
         if noise is None:
             x = torch.randn((n, C), generator=generator, device=dev, dtype=torch.float32)
+        elif tuple(noise.shape) != (n, C):
+            raise HeadInputError(f"DiffusionHead.sample: noise must be ({n}, {C}), got {tuple(noise.shape)}")
         else:
             x = noise.to(device=dev, dtype=torch.float32)
 
@@ -274,7 +285,8 @@ class DiffusionHead(nn.Module):
 
 def make_diffusers_scheduler(sampler: str, train_steps: int, schedule: str, dpm_order: int = 2):
     """DDIM (trailing spacing, final alpha 1) or DPM-Solver++ multistep (the head passes its own log-SNR-uniform
-    timesteps), epsilon prediction, no clipping, with the same betas as :func:`make_betas` ("squaredcos_cap_v2" is IDDPM's cosine; "linear" with 1e-4 .. 2e-2)."""
+    timesteps); epsilon prediction, no clipping, the same betas as :func:`make_betas` ("squaredcos_cap_v2" is
+    IDDPM's cosine; "linear" is 1e-4 .. 2e-2 scaled to ``train_steps``)."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     scale = 1000 / train_steps
@@ -302,7 +314,8 @@ def benchmark_head_latency(
     """Median wall-clock seconds of one ``head.sample`` over ``n_tokens`` tokens (random z, fixed seed)."""
     p = next(head.parameters())
     gen = torch.Generator(device=p.device).manual_seed(0)
-    z = torch.randn((n_tokens * (2 if cfg != 1.0 else 1), head.z_channels), generator=gen, device=p.device, dtype=p.dtype)
+    n = n_tokens * (2 if cfg != 1.0 else 1)
+    z = torch.randn((n, head.z_channels), generator=gen, device=p.device, dtype=p.dtype)
     times = []
     for k in range(warmup + repeats):
         if p.device.type == "cuda":
