@@ -150,7 +150,8 @@ def encode_store(data, out, tokenizer_spec: str, shards: int = 1, batch_size: in
     paths = [shard_dir / f"shard_{i:04d}" for i in range(len(ranges))]
     if shard_dir.is_dir():
         recorded = shard_dir / "job.json"
-        if recorded.is_file() and json.loads(recorded.read_text()) != {"ranges": ranges, "info": info}:
+        job = json.loads(json.dumps({"ranges": ranges, "info": info}))
+        if recorded.is_file() and json.loads(recorded.read_text()) != job:
             raise EncodeError(f"{shard_dir}: partial shards of a different encode job (other shards/tokenizer/"
                               f"transform); delete it or repeat the original command")
     shard_dir.mkdir(parents=True, exist_ok=True)

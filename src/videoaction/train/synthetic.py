@@ -65,10 +65,19 @@ TINY_DP = ["--dataset.image-size", "32", "--model.backbone-width", "8", "--model
            "--optim.batch-size", "8", "--optim.warmup-steps", "5"]
 
 
-def tiny_tokenizer(store_path, out_dir, image_size: int = 32, steps: int = 20) -> Path:
-    """A small autoencoder (widths 8/16/32) trained for a few steps on ``store_path`` (for tests)."""
-    from videoaction.nn.tokenizer import TokenizerConfig
+def tiny_tokenizer(store_path, out_dir, image_size: int = 32, steps: int = 0, seed: int = 0) -> Path:
+    """A small autoencoder (widths 8/16/32) for tests: ``steps=0`` saves seeded untrained weights with scale 1
+    (the policies only need a fixed, frozen encoder), otherwise it is trained for ``steps`` on ``store_path``."""
+    from videoaction.nn.tokenizer import SmallAutoencoder, TokenizerConfig, save_tokenizer
     from videoaction.train.tokenizer import train_tokenizer
 
-    return Path(train_tokenizer(store_path, out_dir, TokenizerConfig(kind="small", channels=(8, 16, 32)),
-                                steps=steps, batch_size=16, image_size=image_size, progress=False, log=None))
+    cfg = TokenizerConfig(kind="small", channels=(8, 16, 32))
+    if steps == 0:
+        import torch
+
+        torch.manual_seed(seed)
+        model = SmallAutoencoder(cfg.latent_channels, cfg.stride, tuple(cfg.channels), cfg.kl, 1.0)
+        return Path(save_tokenizer(model, out_dir, extra={"image_size": image_size, "image_key": "img",
+                                                          "train_steps": 0}))
+    return Path(train_tokenizer(store_path, out_dir, cfg, steps=steps, batch_size=16, image_size=image_size,
+                                seed=seed, progress=False, log=None))
