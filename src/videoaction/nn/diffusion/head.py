@@ -56,6 +56,9 @@ class DiffusionHeadConfig:
     ddim_eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
     dpm_order: int = 2  # DPM-Solver++ order (1..3)
     dpm_lambda_min: float = -3.0  # DPM-Solver++: log-SNR where the uniform-lambda grid starts (after t = T-1)
+    # "noise": first step at t = T-1 (exact start); "lambda_min": first step at lambda_min, the initial noise taken
+    # as x there (bias ~ alpha(lambda_min) |x0| = 0.05 |x0|), robust for briefly trained heads (no t = T-1 x0 blow-up)
+    dpm_start: str = "noise"
     flow_t: str = "logit_normal"  # flow training time distribution: "logit_normal" | "uniform"
     flow_shift: float = 1.0  # flow sampling grid t' = s t / (1 + (s - 1) t); s < 1 puts more steps near the data
     grad_checkpointing: bool = False
@@ -77,6 +80,10 @@ class DiffusionHeadConfig:
         for name in ("width", "depth", "train_steps", "sample_steps", "batch_mul"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"DiffusionHeadConfig.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.dpm_start not in ("noise", "lambda_min"):
+            raise ConfigError(
+                f"DiffusionHeadConfig.dpm_start: expected 'noise' or 'lambda_min', got {self.dpm_start!r}"
+            )
         if self.clip_range <= 0:
             raise ConfigError(f"DiffusionHeadConfig.clip_range: must be > 0, got {self.clip_range}")
         if self.flow_shift <= 0:
@@ -185,8 +192,9 @@ class DiffusionHead(nn.Module):
         return self._schedulers[sampler]
 
     def dpm_timesteps(self, num_steps: int) -> list[int]:
-        """DPM-Solver++ steps: t = T-1 (pure noise), then uniform in log-SNR lambda = log(alpha/sigma) from
-        max(dpm_lambda_min, lambda(T-1)) to lambda(0) (K + 1 points, the last one is the data); distinct ints."""
+        """DPM-Solver++ steps, uniform in log-SNR lambda = log(alpha/sigma) from max(dpm_lambda_min, lambda(T-1))
+        to lambda(0) (K + 1 points, the last one is the data), as distinct ints; with ``dpm_start="noise"`` the
+        first step is moved to t = T-1 (pure noise)."""
         ac = self.train_tables.alphas_cumprod
         lam = 0.5 * torch.log(ac / (1.0 - ac))  # (T,) decreasing in t
         grid = torch.linspace(max(self.cfg.dpm_lambda_min, lam[-1].item()), lam[0].item(), num_steps + 1)[:-1]
@@ -195,7 +203,8 @@ class DiffusionHead(nn.Module):
         l0, l1 = lam[idx - 1], lam[idx]
         t = (idx - 1).double() + (l0 - grid.double()) / (l0 - l1)
         ts = t.round().long().tolist()
-        ts[0] = len(lam) - 1
+        if self.cfg.dpm_start == "noise":
+            ts[0] = len(lam) - 1
         return sorted(set(ts), reverse=True)
 
     @torch.no_grad()
