@@ -26,7 +26,7 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f
 td.l,th.l{text-align:left}.ok{color:#0a7d27;font-weight:600}.bad{color:#b3261e}
 .media{display:flex;flex-wrap:wrap;gap:12px}.media figure{margin:0}
 video,img.frame{image-rendering:pixelated;border:1px solid #ccc}
-figcaption{font-size:.8em;color:#555}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.8em}
+figcaption{font-size:.8em;color:#555}img{max-width:100%}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.8em}
 .note{color:#555;font-size:.9em}
 """
 
@@ -164,17 +164,22 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path, title: str 
     def rank(k: str) -> tuple:
         return (k != "loss", "loss" not in k, k not in ("dp_score", "success_rate"), k != "lr", k)
 
-    skip = {"epoch", "time", "wall_s", "elapsed_s", "samples", "samples_per_s", "ema_decay", "lr_scale", "n_episodes"}
+    skip = {"epoch", "time", "wall_s", "elapsed_s", "samples", "samples_per_s", "ema_decay", "lr_scale", "n_episodes",
+            "mode", "mask_ratio"}
     keys = sorted((k for k in keys if k not in skip), key=rank)[:6]
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)
-    for ax, k in zip(axes[0], keys):
+    ncols = min(3, len(keys))
+    nrows = (len(keys) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, k in zip(axes.flat, keys):
         pts = [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
         if not pts:
             continue
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, lw=1.2)
+        ax.plot(xs, ys, lw=1.2, marker="o" if len(xs) < 30 else None, ms=3)
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -274,7 +279,9 @@ def write_report(out_dir, results: Mapping[str, Any] | Sequence[Mapping[str, Any
                 rel = ep.get("video") and _copy_media(ep["video"], src, out)
                 if rel:
                     ok = "success" if ep["success"] else "failure"
-                    figs.append(f"<figure><video controls loop muted playsinline preload='metadata' width='256' "
+                    poster = _copy_media(str(Path(rel).with_suffix(".png")), src, out)
+                    pattr = f" poster='{_e(poster)}'" if poster else ""
+                    figs.append(f"<figure><video controls loop muted playsinline preload='metadata' width='256'{pattr} "
                                 f"src='{_e(rel)}'></video><figcaption>{_e(task)} seed {ep['seed']} — {ok}, "
                                 f"{ep['steps']} steps</figcaption></figure>")
     if body:

@@ -371,7 +371,7 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
     (atomically). Returns the results dict (``metrics`` = headline numbers; ``tasks`` = per-task metrics and
     per-episode records; ``versions``; ``seeds``; ``timing``).
     """
-    from videoaction.eval.video import upscale, write_mp4
+    from videoaction.eval.video import save_png, upscale, write_mp4
     from videoaction.utils.io import atomic_write_json
 
     family = env_family(env_spec)
@@ -401,6 +401,7 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
             for seed, fr in run["frames"].items():
                 name = f"videos/{task.replace(':', '_').replace(',', '_')}_seed{seed}.mp4"
                 write_mp4(out / name, upscale(fr, video_upscale), fps=video_fps)
+                save_png(out / name.replace(".mp4", ".png"), upscale(fr[-1], video_upscale))  # poster: last frame
                 next(e for e in run["episodes"] if e["seed"] == seed)["video"] = name
         for ep in run["episodes"]:
             if ep["max_reward"] == -np.inf:
