@@ -305,3 +305,21 @@ def test_latent_cache_reuses_shared_history_frames(policy):
     assert n["enc"] == 4 + 2  # frames 11 and 15 of the first call are frames 3 and 7 of the second
     for r, c in zip(ref, got):
         assert torch.allclose(r, c, atol=1e-5)
+
+
+def test_frame_counts_and_action_horizon_come_from_the_config():
+    from videoaction.config import FrameConfig
+
+    cfg = micro_cfg(n_actions=9, n_action_steps=4)
+    cfg.dataset.horizon = 16
+    cfg.dataset.frames = FrameConfig(n_history=2, n_future=3, offset=1, stride=3)  # [1, 4 | 7, 10, 13]
+    p = UVAPolicy(cfg, allow_random_tokenizer=True).eval()
+    assert p.model.n_tokens == 3 * 16 and p.n_obs_steps == 5 and p.action_start == 4
+    batch = make_batch(2)
+    batch = {"image": batch["image"][:, :5], "action": batch["action"][:, :16], "state": batch["state"][:, :16]}
+    for mode in TASK_MODES:
+        assert torch.isfinite(loss_in_mode(p, mode, batch).loss)
+    o = obs(b=2, t=5)
+    assert p.predict_action(o)["action_pred"].shape == (2, 9, 2)
+    assert p.predict_video(o, num_iter=2)["frames"].shape == (2, 3, 32, 32, 3)
+    assert p.rollout_video(o, None, n_chunks=2, decode=False)["latent"].shape == (2, 6, 4, 4, 4)
