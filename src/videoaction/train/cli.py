@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-env", help="with --eval-every K: roll out the EMA policy in this env spec "
                                       "(videoaction.eval.evaluate_policy) every K steps")
     p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--eval-video", action="store_true",
+                   help="with --eval-every K: predicted-video grids and metrics on held-out windows "
+                        "(videoaction.eval.evaluate_video; video models only) every K steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl still written)")
     return p
 
@@ -73,18 +76,43 @@ def resolve_config(args: argparse.Namespace, rest: list[str]):
     return parse_overrides(base, rest, prog="videoaction train")
 
 
-def _eval_fn(args):
-    if not args.eval_env:
+def _eval_fn(args, cfg):
+    """Periodic evaluation (every --eval-every steps, EMA weights): env rollouts and/or predicted-video samples."""
+    if not (args.eval_env or args.eval_video):
         return None
-    try:
-        from videoaction.eval import evaluate_policy  # written by the evaluation part
-    except ImportError:
-        raise VideoActionError("--eval-env needs videoaction.eval.evaluate_policy, which is not available") from None
+    run_dir = Path(cfg.out)
 
     def run(policy, step: int) -> dict:
-        return evaluate_policy(policy, args.eval_env, n_episodes=args.eval_episodes, seed=100_000)
+        out = run_dir / "eval" / f"step_{step:07d}"
+        metrics: dict = {}
+        if args.eval_env:
+            from videoaction.eval import evaluate_policy
+
+            res = evaluate_policy(policy, args.eval_env, n_episodes=args.eval_episodes, out_dir=out,
+                                  record_video=1, progress=False)
+            metrics.update({k: v for k, v in res.get("metrics", {}).items() if isinstance(v, (int, float))})
+        if args.eval_video and hasattr(policy, "predict_video"):
+            from videoaction.eval import evaluate_video
+
+            res = evaluate_video(policy, _image_store(cfg), out_dir=out, n_windows=8, n_grids=2, progress=False)
+            metrics.update({f"video_{k}": v for k, v in res.get("metrics", res).items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        return metrics
 
     return run
+
+
+def _image_store(cfg) -> str:
+    """The run's data store, or the image store a latent cache was encoded from (for predicted-video grids)."""
+    from videoaction.data.store import EpisodeStore
+
+    store = EpisodeStore.open(cfg.data)
+    if cfg.dataset.image_key in store.keys:
+        return cfg.data
+    source = (store.attrs.get("latent_cache") or {}).get("source")
+    if not source:
+        raise VideoActionError(f"{cfg.data}: no images for --eval-video and no source store recorded")
+    return source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = TrainOptions(init_mar=args.init_mar, init_partial=args.init_partial, tokenizer_steps=args.tokenizer_steps,
                         tokenizer_batch_size=args.tokenizer_batch_size, report_to=args.report_to,
                         best_metric=args.best_metric, best_mode=args.best_mode, val_batches=args.val_batches,
-                        progress=not args.no_progress, eval_fn=_eval_fn(args))
+                        progress=not args.no_progress, eval_fn=_eval_fn(args, cfg))
     result = train(cfg, opts)
     if result.losses and result.is_main:
         print(f"done: step {result.step}, last loss {result.losses[-1]:.4f}; checkpoint {result.checkpoint}")
