@@ -436,8 +436,6 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
         "timing": timing,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    # flat numeric copies of the headline metrics, for loggers that read top-level numbers (train --eval-env)
-    results.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in results})
     if extra:
         results.update(dict(extra))
     if out is not None:
