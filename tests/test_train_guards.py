@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -72,3 +75,26 @@ def test_dataset_model_mismatches_fail_before_training(data, tmp_path):
     with pytest.raises(VideoActionError, match="state"):
         train(cfg_for(data, tmp_path / "b", "--steps", "1", "--dataset.state-dims", "5"), QUIET)
     assert not (tmp_path / "a" / "metrics.jsonl").exists()
+
+
+def test_action_free_episodes_train_with_video_only_modes(tmp_path):
+    # action-free episodes carry NaN actions: any use of them (normaliser, action loss) would surface as NaN
+    store = make_store(tmp_path / "mixed.zarr", n_episodes=6, length=40, image_size=32, action_free=(1, 4))
+    tok = tiny_tokenizer(store, tmp_path / "tok")
+    run = tmp_path / "run"
+    logs: list[str] = []
+    result = train(cfg_for((store, tok), run, "--steps", "6", "--log-every", "1", "--save-every", "3",
+                           "--dataset.val-ratio", "0.2"),
+                   TrainOptions(progress=False, log=logs.append, val_batches=1, action_free_every=3))
+    from videoaction.train.metrics import read_metrics
+
+    recs = read_metrics(run)
+    assert [r["action_free"] for r in recs] == [0, 0, 1, 0, 0, 1]
+    for r in recs:
+        assert np.isfinite(r["loss"])
+        if r["action_free"]:
+            assert r["mode"] == 0.0 and r["action_loss"] == 0.0  # video_model only
+    assert any("action-free episodes" in line for line in logs)
+    assert result.best is not None and np.isfinite(result.best["value"])
+    state = json.loads((run / "checkpoints" / "step_0000006" / "train_state.json").read_text())
+    assert state["order"]["count"] == 6 and "video" in state["order"]

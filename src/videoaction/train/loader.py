@@ -29,7 +29,7 @@ class BatchOrder:
     """The stream of (epoch, index) pairs of one rank, from a given state onwards."""
 
     def __init__(self, n: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 state: OrderState | None = None):
+                 state: OrderState | None = None, index_map: np.ndarray | None = None):
         if n <= 0:
             raise VideoActionError("the training split has no samples (episodes shorter than the window?)")
         if not 0 <= rank < world_size:
@@ -37,6 +37,7 @@ class BatchOrder:
         self.n, self.batch_size, self.world_size, self.rank, self.seed = n, batch_size, world_size, rank, seed
         self.state = OrderState(**vars(state)) if state is not None else OrderState()
         self._perm_epoch, self._perm = -1, np.zeros(0, dtype=np.int64)
+        self.index_map = index_map  # pool position -> dataset index (a subset of the dataset), None = identity
 
     def permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
@@ -53,7 +54,8 @@ class BatchOrder:
             if pos >= self.n:
                 epoch, pos = epoch + 1, 0
             if start <= k < start + self.batch_size:
-                out.append((epoch, int(self.permutation(epoch)[pos])))
+                i = int(self.permutation(epoch)[pos])
+                out.append((epoch, int(self.index_map[i]) if self.index_map is not None else i))
             pos += 1
         if pos >= self.n:
             epoch, pos = epoch + 1, 0
@@ -61,7 +63,53 @@ class BatchOrder:
         return out
 
     def clone(self) -> "BatchOrder":
-        return BatchOrder(self.n, self.batch_size, self.world_size, self.rank, self.seed, self.state)
+        return BatchOrder(self.n, self.batch_size, self.world_size, self.rank, self.seed, self.state, self.index_map)
+
+    def next_is_video(self) -> bool:
+        return False
+
+    def state_dict(self) -> dict:
+        return vars(self.state).copy()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = OrderState(int(state["epoch"]), int(state["position"]))
+
+
+class MixedOrder:
+    """Action-labelled windows, with every ``every``-th micro-batch drawn from action-free (video-only) windows.
+
+    Both pools are :class:`BatchOrder` streams; the schedule depends only on the micro-batch counter, so every rank
+    draws a video-only batch at the same step and a resumed run continues the same schedule.
+    """
+
+    def __init__(self, action: BatchOrder, video: BatchOrder, every: int, count: int = 0):
+        if every < 2:
+            raise VideoActionError(f"action-free batches every {every} micro-batches: need >= 2")
+        self.action, self.video, self.every, self.count = action, video, every, count
+
+    def next_is_video(self) -> bool:
+        return self.count % self.every == self.every - 1
+
+    def next_batch(self) -> list[tuple[int, int]]:
+        order = self.video if self.next_is_video() else self.action
+        self.count += 1
+        return order.next_batch()
+
+    def clone(self) -> "MixedOrder":
+        return MixedOrder(self.action.clone(), self.video.clone(), self.every, self.count)
+
+    @property
+    def state(self) -> OrderState:
+        return self.action.state
+
+    def state_dict(self) -> dict:
+        return {**self.action.state_dict(), "video": self.video.state_dict(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.action.load_state_dict(state)
+        if "video" in state:
+            self.video.load_state_dict(state["video"])
+        self.count = int(state.get("count", 0))
 
 
 class _InfiniteBatches(Sampler):
@@ -90,7 +138,7 @@ class EpochIndexed(Dataset):
         return self.dataset[i]
 
 
-def make_loader(dataset, order: BatchOrder, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def make_loader(dataset, order: "BatchOrder | MixedOrder", num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """An endless loader that yields this rank's batches in ``order`` (``order`` itself is not advanced)."""
     return DataLoader(EpochIndexed(dataset), batch_sampler=_InfiniteBatches(order), num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0,

@@ -27,10 +27,11 @@ def render(pos: np.ndarray, size: int, box: int) -> np.ndarray:
 
 def make_store(path, n_episodes: int = 8, length: int = 40, image_size: int = 32, seed: int = 0,
                overwrite: bool = True, action_dim: int = 2, nan_episode: int | None = None,
-               float_images: bool = False) -> Path:
+               float_images: bool = False, action_free: tuple[int, ...] = ()) -> Path:
     """Write ``n_episodes`` episodes of ``length`` steps; returns the store path.
 
     ``nan_episode``: that episode's frames are NaN (needs ``float_images``), to exercise the non-finite guard.
+    ``action_free``: these episodes get meta ``has_action=False`` and NaN actions (video-only data).
     """
     rng = np.random.default_rng(seed)
     store = EpisodeStore.create(path, overwrite=overwrite, attrs={"synthetic": True})
@@ -50,8 +51,12 @@ def make_store(path, n_episodes: int = 8, length: int = 40, image_size: int = 32
         frames = img.astype(np.float32) if float_images else img
         if nan_episode is not None and e == nan_episode:
             frames = np.full(img.shape, np.nan, dtype=np.float32)
-        store.add_episode({"img": frames, "state": pos[:length].copy(), "action": action[:, :action_dim]},
-                          meta={"seed": e, "success": True})
+        meta = {"seed": e, "success": True}
+        if action_free:
+            meta["has_action"] = e not in action_free
+            if e in action_free:
+                action = np.full_like(action, np.nan)
+        store.add_episode({"img": frames, "state": pos[:length].copy(), "action": action[:, :action_dim]}, meta=meta)
     return Path(path)
 
 

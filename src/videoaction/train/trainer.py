@@ -9,6 +9,7 @@ its own block of every global batch (see ``loader.py``); logged metrics are aver
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -26,7 +27,7 @@ from videoaction.config import RunConfig, save_config, to_dict
 from videoaction.data.errors import VideoActionError
 from videoaction.train import checkpoint as ck
 from videoaction.train.ema import EMA
-from videoaction.train.loader import BatchOrder, OrderState, make_loader, move_batch
+from videoaction.train.loader import BatchOrder, MixedOrder, make_loader, move_batch
 from videoaction.train.metrics import MetricsLogger
 from videoaction.train.setup import (batch_shapes, check_latent_fit, check_policy_fits, count_params, fill_model_sizes,
                                      init_from_mar_weights, load_init, param_groups, prepare_tokenizer)
@@ -50,6 +51,7 @@ class TrainOptions:
     val_batches: int = 2  # batches of the validation split for val_loss at every save
     progress: bool = True
     eval_fn: Callable[[nn.Module, int], dict] | None = None  # (EMA policy, step) -> metrics, every eval_every
+    action_free_every: int = 4  # episodes with meta has_action=False: every K-th micro-batch, video-only modes
     log: Callable[[str], None] = print
 
 
@@ -127,7 +129,7 @@ class Trainer:
             self.reports["tokenizer"] = tok
         self.dataset = SequenceDataset(store, cfg.dataset, split="train", seed=cfg.seed)
         fill_model_sizes(cfg, self.dataset, self.log)
-        normalizer = self.dataset.fit_normalizer()
+        normalizer = self._split_action_free(store)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.policy = family_class(cfg.family)(cfg)
         check_policy_fits(self.policy, self.dataset)
@@ -154,7 +156,7 @@ class Trainer:
         self.scheduler = get_scheduler(o.scheduler, self.optimizer, num_warmup_steps=o.warmup_steps,
                                        num_training_steps=cfg.steps)
         self.step, self.best = 0, None
-        self.order_state = OrderState()
+        self.order_saved: dict | None = None
         if self.resume_from is not None:
             self._load_weights(self.resume_from)
         self.model, self.optimizer = self.acc.prepare(_LossModule(self.policy), self.optimizer)
@@ -165,12 +167,17 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.rank + 100_003)
         if self.resume_from is not None:
             self._load_train_state(self.resume_from)
-        self.order = BatchOrder(len(self.dataset), o.batch_size, self.world, self.rank, cfg.seed, self.order_state)
+        self.order = self._make_order()
+        if self.order_saved is not None:
+            self.order.load_state_dict(self.order_saved)
         self.loader = make_loader(self.dataset, self.order, o.num_workers, pin_memory=self.acc.device.type == "cuda")
         self.val_dataset = None
         if opts.val_batches > 0 and self.main:
             val = SequenceDataset(store, cfg.dataset, split="val", seed=cfg.seed)
-            self.val_dataset = val if len(val) > 0 else None
+            self.val_indices = np.arange(len(val))
+            if self.has_action is not None:  # validation loss on action-labelled windows only
+                self.val_indices = np.nonzero(self.has_action[val.sampler.indices[:, 4]])[0]
+            self.val_dataset = val if len(self.val_indices) > 0 else None
         self.metrics = MetricsLogger(self.run_dir, self.main, opts.report_to, to_dict(cfg),
                                      resume_step=self.step if self.resume_from is not None else None)
 
@@ -191,7 +198,7 @@ class Trainer:
         self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        self.order_state = OrderState(**state["order"])
+        self.order_saved = state["order"]
         self.best = state.get("best")
         if state.get("world_size") != self.world:
             self.log(f"resuming a {state.get('world_size')}-process run on {self.world} processes: the data order "
@@ -199,12 +206,64 @@ class Trainer:
             self.generator.manual_seed(self.cfg.seed + self.rank + 7919 * self.step)
         elif not ck.load_rank_rng(ckpt, self.rank, self.generator):
             self.log(f"{ckpt}: no RNG state for rank {self.rank}; reseeding")
-        self.log(f"resumed from {ckpt} at step {self.step} (epoch {self.order_state.epoch}, "
-                 f"position {self.order_state.position})")
+        self.log(f"resumed from {ckpt} at step {self.step} (epoch {self.order_saved['epoch']}, "
+                 f"position {self.order_saved['position']})")
+
+    # ------------------------------------------------------------------------------------------ action-free data
+    def _split_action_free(self, store):
+        """Windows of episodes whose meta ``has_action`` is False: kept apart (normaliser fitted without them)."""
+        ds, cfg = self.dataset, self.cfg
+        self.has_action, self.pools = None, None
+        if "has_action" not in store.meta_keys:
+            return ds.fit_normalizer()
+        self.has_action = np.asarray(store.meta_column("has_action")).astype(bool)
+        episode = ds.sampler.indices[:, 4]
+        act, vid = np.nonzero(self.has_action[episode])[0], np.nonzero(~self.has_action[episode])[0]
+        if len(act) == 0:
+            raise VideoActionError(f"{store.path}: every training episode has has_action=False; nothing to learn "
+                                   f"actions from")
+        modes = tuple(getattr(cfg.model, "task_modes", ()) or ())
+        video_ok = "video_model" in modes and self.opts.action_free_every >= 2
+        self.pools = (act, vid if video_ok and len(vid) else None)
+        if len(vid):
+            self.log(f"{len(vid)} of {len(episode)} training windows come from action-free episodes: "
+                     + (f"every {self.opts.action_free_every}th batch uses them with video-only modes"
+                        if self.pools[1] is not None else "left out (the model has no video-only task mode)"))
+        mask = ds.episode_mask
+        ds.episode_mask = mask & self.has_action  # action / state statistics from action-labelled episodes only
+        try:
+            return ds.fit_normalizer()
+        finally:
+            ds.episode_mask = mask
+
+    def _make_order(self):
+        o, cfg = self.cfg.optim, self.cfg
+        if self.pools is None:
+            return BatchOrder(len(self.dataset), o.batch_size, self.world, self.rank, cfg.seed)
+        act, vid = self.pools
+        main = BatchOrder(len(act), o.batch_size, self.world, self.rank, cfg.seed, index_map=act)
+        if vid is None:
+            return main
+        video = BatchOrder(len(vid), o.batch_size, self.world, self.rank, cfg.seed + 1, index_map=vid)
+        return MixedOrder(main, video, self.opts.action_free_every)
+
+    @contextlib.contextmanager
+    def _video_only(self, on: bool):
+        """Restrict the model's task modes to video-only ones for an action-free batch (UVA: ``video_model``)."""
+        if not on:
+            yield
+            return
+        m = self.cfg.model
+        saved = m.task_modes
+        m.task_modes = ("video_model",)
+        try:
+            yield
+        finally:
+            m.task_modes = saved
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _train_state(self) -> dict:
-        return {"step": self.step, "order": vars(self.order.state).copy(), "scheduler": self.scheduler.state_dict(),
+        return {"step": self.step, "order": self.order.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "ema_updates": self.ema.n_updates if self.ema is not None else 0, "best": self.best,
                 "world_size": self.world, "seed": self.cfg.seed, "time": time.time()}
 
@@ -247,7 +306,7 @@ class Trainer:
         model.eval()
         gen = torch.Generator(device=self.acc.device).manual_seed(12345)
         b = self.cfg.optim.batch_size
-        idx = np.random.default_rng(0).permutation(len(self.val_dataset))[: b * self.opts.val_batches]
+        idx = np.random.default_rng(0).permutation(self.val_indices)[: b * self.opts.val_batches]
         losses = []
         for a in range(0, len(idx), b):
             items = [self.val_dataset[int(i)] for i in idx[a: a + b]]
@@ -391,10 +450,12 @@ class Trainer:
         grad_norm = float("nan")
         for micro in range(o.grad_accum):
             batch = move_batch(next(batches), acc.device)
+            video_only = self.order.next_is_video()
             self.order.next_batch()  # keep the resumable state in step with the loader
             with acc.accumulate(self.model):
                 try:
-                    loss, terms = self.model(batch, self.generator)
+                    with self._video_only(video_only):
+                        loss, terms = self.model(batch, self.generator)
                 except VideoActionError:
                     raise
                 except (RuntimeError, ValueError, KeyError, IndexError) as exc:
@@ -407,6 +468,8 @@ class Trainer:
                     raise
                 terms = dict(terms)
                 terms.setdefault("loss", float(loss.detach()))
+                if self.has_action is not None:
+                    terms["action_free"] = float(video_only)
                 if self._reduce_flags(not bool(torch.isfinite(loss.detach())))[0]:
                     self._nonfinite(terms, batch)
                 acc.backward(loss)
