@@ -364,6 +364,8 @@ class UVAPolicy(UVASamplingMixin, Policy):
              temperature: float | None = None, generator: torch.Generator | None = None,
              decode: bool = True) -> dict[str, torch.Tensor]:
         """Policy + planner (full_dynamic_model): future video and actions together."""
+        if not self.cfg.model.predict_action:
+            raise VideoActionError("plan: this UVA model has no action head (model.predict_action is False)")
         cond = self.condition(obs)
         out = self.sample_video(cond, None, num_iter=num_iter, cfg=cfg, temperature=temperature, joint=True,
                                 generator=generator)
