@@ -98,3 +98,19 @@ def test_action_free_episodes_train_with_video_only_modes(tmp_path):
     assert result.best is not None and np.isfinite(result.best["value"])
     state = json.loads((run / "checkpoints" / "step_0000006" / "train_state.json").read_text())
     assert state["order"]["count"] == 6 and "video" in state["order"]
+
+
+def test_init_mar_copies_matching_tensors(data, tmp_path):
+    from safetensors.torch import save_file
+
+    from videoaction.models.base import load_policy
+
+    s1 = tmp_path / "s1"
+    train(cfg_for(data, s1, "--steps", "1", preset="uva-tiny-video"), QUIET)
+    mar = tmp_path / "mar.safetensors"  # MAR-like: the transformer's own key names, no action head
+    save_file({k: v.contiguous() for k, v in load_policy(s1).model.state_dict().items()}, str(mar))
+    result = train(cfg_for(data, tmp_path / "s2", "--steps", "1"), TrainOptions(
+        progress=False, log=lambda m: None, val_batches=0, init_mar=str(mar)))
+    rep = result.reports["init_mar"]
+    assert rep["loaded"] > 0 and all(k.startswith("diffactloss.") for k in rep["fresh"])
+    assert (tmp_path / "s2" / "init_report.json").is_file()

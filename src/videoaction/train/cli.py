@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="named preset to start from (`videoaction presets` lists them)")
     p.add_argument("--config", help="a run's config.json to start from (re-creates that run)")
     p.add_argument("--init-mar", help="MAR checkpoint to initialise a UVA model from (name+shape matching)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="--init-mar: allow reading a pickled MAR checkpoint-last.pth (runs code from the file)")
+    p.add_argument("--action-free-every", type=int, default=4,
+                   help="episodes with meta has_action=False: every K-th batch comes from them (video-only modes)")
     p.add_argument("--init-partial", action="store_true",
                    help="--init: skip tensors with other shapes instead of failing (they are still reported)")
     p.add_argument("--tokenizer-steps", type=int, default=1500, help="stage 0: small-autoencoder training steps")
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = build_parser().parse_known_args(argv)
     cfg = resolve_config(args, rest)
-    opts = TrainOptions(init_mar=args.init_mar, init_partial=args.init_partial, tokenizer_steps=args.tokenizer_steps,
+    opts = TrainOptions(init_mar=args.init_mar, init_partial=args.init_partial, allow_pickle=args.allow_pickle,
+                        action_free_every=args.action_free_every, tokenizer_steps=args.tokenizer_steps,
                         tokenizer_batch_size=args.tokenizer_batch_size, report_to=args.report_to,
                         best_metric=args.best_metric, best_mode=args.best_mode, val_batches=args.val_batches,
                         progress=not args.no_progress, eval_fn=_eval_fn(args, cfg))

@@ -10,6 +10,7 @@ its augmentation seed (``SequenceDataset.set_epoch``).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,6 +137,60 @@ class EpochIndexed(Dataset):
         if getattr(self.dataset, "epoch", None) != epoch and hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
         return self.dataset[i]
+
+
+def split_action_free(dataset, store, task_modes, every: int, log) -> tuple:
+    """Windows of episodes whose meta ``has_action`` is False are kept apart from the action-labelled ones.
+
+    Returns (normaliser fitted on action-labelled episodes only, has_action per episode or None, pools) where
+    pools = (action window indices, action-free window indices or None when the model has no video-only mode).
+    """
+    if "has_action" not in store.meta_keys:
+        return dataset.fit_normalizer(), None, None
+    has_action = np.asarray(store.meta_column("has_action")).astype(bool)
+    episode = dataset.sampler.indices[:, 4]
+    act, vid = np.nonzero(has_action[episode])[0], np.nonzero(~has_action[episode])[0]
+    if len(act) == 0:
+        raise VideoActionError(f"{store.path}: every training episode has has_action=False; nothing to learn "
+                               f"actions from")
+    video_ok = "video_model" in tuple(task_modes or ()) and every >= 2
+    pools = (act, vid if video_ok and len(vid) else None)
+    if len(vid):
+        log(f"{len(vid)} of {len(episode)} training windows come from action-free episodes: "
+            + (f"every {every}th batch uses them with video-only modes" if pools[1] is not None
+               else "left out (the model has no video-only task mode)"))
+    mask = dataset.episode_mask
+    dataset.episode_mask = mask & has_action  # action / state statistics from action-labelled episodes only
+    try:
+        return dataset.fit_normalizer(), has_action, pools
+    finally:
+        dataset.episode_mask = mask
+
+
+def make_order(n: int, batch_size: int, world_size: int, rank: int, seed: int, pools=None, every: int = 4):
+    """The sample order of one rank: all windows, or action windows mixed with action-free ones (``pools``)."""
+    if pools is None:
+        return BatchOrder(n, batch_size, world_size, rank, seed)
+    act, vid = pools
+    main = BatchOrder(len(act), batch_size, world_size, rank, seed, index_map=act)
+    if vid is None:
+        return main
+    return MixedOrder(main, BatchOrder(len(vid), batch_size, world_size, rank, seed + 1, index_map=vid), every)
+
+
+@contextlib.contextmanager
+def video_only_modes(model_cfg, on: bool):
+    """Restrict a model config's ``task_modes`` to ``video_model`` for an action-free batch (UVA reads its task
+    modes at every ``compute_loss``)."""
+    if not on:
+        yield
+        return
+    saved = model_cfg.task_modes
+    model_cfg.task_modes = ("video_model",)
+    try:
+        yield
+    finally:
+        model_cfg.task_modes = saved
 
 
 def make_loader(dataset, order: "BatchOrder | MixedOrder", num_workers: int = 0, pin_memory: bool = False) -> DataLoader:

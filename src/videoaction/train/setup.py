@@ -226,14 +226,16 @@ def _prefixes(names: list[str], depth: int = 2) -> str:
     return ", ".join(f"{k} x{v}" for k, v in items[:6]) + (" ..." if len(items) > 6 else "") if items else "-"
 
 
-def init_from_mar_weights(policy: nn.Module, path, log: Log) -> dict:
-    try:
-        from videoaction.models.convert import init_from_mar
-    except ImportError as exc:
-        raise TrainSetupError(f"--init-mar needs videoaction.models.convert.init_from_mar ({exc})") from None
-    report = init_from_mar(policy, path)
-    log(f"init from MAR weights {path}: {report}")
-    return report if isinstance(report, dict) else {"report": str(report)}
+def init_from_mar_weights(policy: nn.Module, path, allow_pickle: bool, log: Log) -> dict:
+    """``--init-mar``: MAR(-B) tensors whose name and shape match (``models.convert.init_from_mar`` logs them)."""
+    if not hasattr(policy, "model") or getattr(policy, "family", "") != "uva":
+        raise TrainSetupError("--init-mar initialises UVA models only")
+    from videoaction.models.convert import init_from_mar
+
+    report = init_from_mar(policy, path, allow_pickle=allow_pickle, log=log)
+    if not report.get("copied"):
+        raise TrainSetupError(f"--init-mar {path}: no tensor matched the UVA model (wrong file or model size?)")
+    return {"source": str(path), "loaded": len(report["copied"]), **report}
 
 
 # ------------------------------------------------------------------------------------------ optimizer

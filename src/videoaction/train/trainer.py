@@ -9,7 +9,6 @@ its own block of every global batch (see ``loader.py``); logged metrics are aver
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -27,7 +26,7 @@ from videoaction.config import RunConfig, save_config, to_dict
 from videoaction.data.errors import VideoActionError
 from videoaction.train import checkpoint as ck
 from videoaction.train.ema import EMA
-from videoaction.train.loader import BatchOrder, MixedOrder, make_loader, move_batch
+from videoaction.train.loader import make_loader, make_order, move_batch, split_action_free, video_only_modes
 from videoaction.train.metrics import MetricsLogger
 from videoaction.train.setup import (batch_shapes, check_latent_fit, check_policy_fits, count_params, fill_model_sizes,
                                      init_from_mar_weights, load_init, param_groups, prepare_tokenizer)
@@ -43,6 +42,7 @@ class TrainOptions:
 
     init_mar: str | None = None  # MAR checkpoint to initialise a UVA model from (models.convert.init_from_mar)
     init_partial: bool = False  # --init: skip tensors whose shapes differ instead of failing
+    allow_pickle: bool = False  # --init-mar: permit reading a pickled MAR checkpoint-last.pth
     tokenizer_steps: int = 1500  # stage 0
     tokenizer_batch_size: int = 32
     report_to: str = "none"  # none | tensorboard | wandb
@@ -101,6 +101,11 @@ class Trainer:
             raise VideoActionError(f"optim.mixed_precision must be no, fp16 or bf16, found {cfg.optim.mixed_precision!r}")
         self.run_dir = Path(cfg.out)
         self.acc = _make_accelerator(cfg)
+        from accelerate.utils import DistributedType
+
+        if self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise TrainError(f"{self.acc.distributed_type.value}: the trainer's EMA and checkpoints handle whole "
+                             f"(DDP-replicated) models only; launch with DDP (`accelerate launch --multi_gpu`)")
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.main = self.acc.is_main_process
         self.log = opts.log if self.main else (lambda msg: None)
@@ -129,7 +134,8 @@ class Trainer:
             self.reports["tokenizer"] = tok
         self.dataset = SequenceDataset(store, cfg.dataset, split="train", seed=cfg.seed)
         fill_model_sizes(cfg, self.dataset, self.log)
-        normalizer = self._split_action_free(store)
+        normalizer, self.has_action, self.pools = split_action_free(
+            self.dataset, store, getattr(cfg.model, "task_modes", ()), opts.action_free_every, self.log)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.policy = family_class(cfg.family)(cfg)
         check_policy_fits(self.policy, self.dataset)
@@ -138,9 +144,14 @@ class Trainer:
         if cfg.init and self.resume_from is None:
             self.reports["init"] = load_init(self.policy, cfg.init, opts.init_partial, self.log)
         if opts.init_mar and self.resume_from is None:
-            self.reports["init_mar"] = init_from_mar_weights(self.policy, opts.init_mar, self.log)
+            self.reports["init_mar"] = init_from_mar_weights(self.policy, opts.init_mar, opts.allow_pickle, self.log)
         if self.main:
             save_config(cfg, self.run_dir / "config.json")  # after the policy resolved its sizes / tokenizer
+            if "init" in self.reports or "init_mar" in self.reports:
+                from videoaction.utils.io import atomic_write_json
+
+                atomic_write_json(self.run_dir / "init_report.json",
+                                  {k: v for k, v in self.reports.items() if k.startswith("init")})
         total, trainable = count_params(self.policy)
         self.log(f"{cfg.family} model: {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trained); "
                  f"{len(self.dataset)} training windows from {store.n_episodes} episodes"
@@ -167,7 +178,8 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.rank + 100_003)
         if self.resume_from is not None:
             self._load_train_state(self.resume_from)
-        self.order = self._make_order()
+        self.order = make_order(len(self.dataset), o.batch_size, self.world, self.rank, cfg.seed, self.pools,
+                                opts.action_free_every)
         if self.order_saved is not None:
             self.order.load_state_dict(self.order_saved)
         self.loader = make_loader(self.dataset, self.order, o.num_workers, pin_memory=self.acc.device.type == "cuda")
@@ -208,58 +220,6 @@ class Trainer:
             self.log(f"{ckpt}: no RNG state for rank {self.rank}; reseeding")
         self.log(f"resumed from {ckpt} at step {self.step} (epoch {self.order_saved['epoch']}, "
                  f"position {self.order_saved['position']})")
-
-    # ------------------------------------------------------------------------------------------ action-free data
-    def _split_action_free(self, store):
-        """Windows of episodes whose meta ``has_action`` is False: kept apart (normaliser fitted without them)."""
-        ds, cfg = self.dataset, self.cfg
-        self.has_action, self.pools = None, None
-        if "has_action" not in store.meta_keys:
-            return ds.fit_normalizer()
-        self.has_action = np.asarray(store.meta_column("has_action")).astype(bool)
-        episode = ds.sampler.indices[:, 4]
-        act, vid = np.nonzero(self.has_action[episode])[0], np.nonzero(~self.has_action[episode])[0]
-        if len(act) == 0:
-            raise VideoActionError(f"{store.path}: every training episode has has_action=False; nothing to learn "
-                                   f"actions from")
-        modes = tuple(getattr(cfg.model, "task_modes", ()) or ())
-        video_ok = "video_model" in modes and self.opts.action_free_every >= 2
-        self.pools = (act, vid if video_ok and len(vid) else None)
-        if len(vid):
-            self.log(f"{len(vid)} of {len(episode)} training windows come from action-free episodes: "
-                     + (f"every {self.opts.action_free_every}th batch uses them with video-only modes"
-                        if self.pools[1] is not None else "left out (the model has no video-only task mode)"))
-        mask = ds.episode_mask
-        ds.episode_mask = mask & self.has_action  # action / state statistics from action-labelled episodes only
-        try:
-            return ds.fit_normalizer()
-        finally:
-            ds.episode_mask = mask
-
-    def _make_order(self):
-        o, cfg = self.cfg.optim, self.cfg
-        if self.pools is None:
-            return BatchOrder(len(self.dataset), o.batch_size, self.world, self.rank, cfg.seed)
-        act, vid = self.pools
-        main = BatchOrder(len(act), o.batch_size, self.world, self.rank, cfg.seed, index_map=act)
-        if vid is None:
-            return main
-        video = BatchOrder(len(vid), o.batch_size, self.world, self.rank, cfg.seed + 1, index_map=vid)
-        return MixedOrder(main, video, self.opts.action_free_every)
-
-    @contextlib.contextmanager
-    def _video_only(self, on: bool):
-        """Restrict the model's task modes to video-only ones for an action-free batch (UVA: ``video_model``)."""
-        if not on:
-            yield
-            return
-        m = self.cfg.model
-        saved = m.task_modes
-        m.task_modes = ("video_model",)
-        try:
-            yield
-        finally:
-            m.task_modes = saved
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _train_state(self) -> dict:
@@ -454,7 +414,7 @@ class Trainer:
             self.order.next_batch()  # keep the resumable state in step with the loader
             with acc.accumulate(self.model):
                 try:
-                    with self._video_only(video_only):
+                    with video_only_modes(self.cfg.model, video_only):
                         loss, terms = self.model(batch, self.generator)
                 except VideoActionError:
                     raise
