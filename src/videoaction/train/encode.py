@@ -84,7 +84,11 @@ def _frames_to_input(frames: np.ndarray, dcfg) -> torch.Tensor:
 def encode_shard(source: EpisodeStore, shard_path: Path, episodes: tuple[int, int], tokenizer, dcfg, attrs: dict,
                  batch_size: int, dtype: np.dtype, device: torch.device, progress=None) -> None:
     """Encode episodes [a, b) into ``shard_path`` (resumes after the last complete episode)."""
-    shard = EpisodeStore.open_or_create(shard_path, attrs={"shard": list(episodes), **attrs})
+    if not shard_path.exists():  # create beside and rename: a kill mid-create leaves no half-made store
+        tmp = shard_path.with_name(shard_path.name + ".creating")
+        EpisodeStore.create(tmp, overwrite=True, attrs={"shard": list(episodes), **attrs})
+        os.replace(tmp, shard_path)
+    shard = EpisodeStore.open(shard_path, mode="a")
     if shard.attrs.get("complete"):
         return
     low_dim = copy_low_dim_keys(source)
