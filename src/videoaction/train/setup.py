@@ -74,6 +74,7 @@ def prepare_tokenizer(cfg, run_dir: Path, store: EpisodeStore, steps: int, batch
         return None
     out = run_dir / "tokenizer"
     report = {"stage": 0, "path": str(out)}
+    wait()  # every rank sees the same state of DIR/tokenizer before deciding
     if (out / "tokenizer.json").is_file():
         log(f"stage 0: reusing the tokenizer already trained for this run at {out}")
         report["reused"] = True
@@ -92,7 +93,8 @@ def prepare_tokenizer(cfg, run_dir: Path, store: EpisodeStore, steps: int, batch
                 report.update(psnr_val=r.psnr_val, psnr_init=r.psnr_init, scale=r.scale,
                               train_time_s=r.train_time_s)
         wait()
-    tok.path = str(out)
+    tok.path = str(out.resolve())
+    report["path"] = tok.path
     return report
 
 

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from videoaction.config import RunConfig, save_config, to_dict
+from videoaction.config import RunConfig, to_dict
 from videoaction.data.errors import VideoActionError
 from videoaction.train import checkpoint as ck
 from videoaction.train.ema import EMA
 from videoaction.train.loader import make_loader, make_order, move_batch, split_action_free, video_only_modes
 from videoaction.train.metrics import MetricsLogger
+from videoaction.utils.io import atomic_write_json
 from videoaction.train.setup import (batch_shapes, check_latent_fit, check_policy_fits, count_params, fill_model_sizes,
                                      init_from_mar_weights, load_init, param_groups, prepare_tokenizer)
 
@@ -146,10 +147,8 @@ class Trainer:
         if opts.init_mar and self.resume_from is None:
             self.reports["init_mar"] = init_from_mar_weights(self.policy, opts.init_mar, opts.allow_pickle, self.log)
         if self.main:
-            save_config(cfg, self.run_dir / "config.json")  # after the policy resolved its sizes / tokenizer
+            atomic_write_json(self.run_dir / "config.json", self._config_dict())  # after sizes / tokenizer resolved
             if "init" in self.reports or "init_mar" in self.reports:
-                from videoaction.utils.io import atomic_write_json
-
                 atomic_write_json(self.run_dir / "init_report.json",
                                   {k: v for k, v in self.reports.items() if k.startswith("init")})
         total, trainable = count_params(self.policy)
@@ -222,6 +221,10 @@ class Trainer:
                  f"position {self.order_saved['position']})")
 
     # ------------------------------------------------------------------------------------------ checkpoints
+    def _config_dict(self) -> dict:
+        """The resolved run config as saved (``resume`` off: the file re-creates the run from scratch)."""
+        return {**to_dict(self.cfg), "resume": False}
+
     def _train_state(self) -> dict:
         return {"step": self.step, "order": self.order.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "ema_updates": self.ema.n_updates if self.ema is not None else 0, "best": self.best,
@@ -242,7 +245,7 @@ class Trainer:
         final = None
         if self.main:
             policy = self.policy
-            policy.save_pretrained(tmp, to_dict(self.cfg), ema=self.ema.module if self.ema is not None else None)
+            policy.save_pretrained(tmp, self._config_dict(), ema=self.ema.module if self.ema is not None else None)
             ck.write_train_state(tmp, optim_state, self._train_state())
             if batch is not None:
                 from videoaction.utils.io import save_state_dict
