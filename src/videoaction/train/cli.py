@@ -7,7 +7,8 @@ Examples::
     videoaction train --preset uva-tiny --data pusht.zarr --out runs/s2 --init runs/s1   # stage 2
     videoaction train --out runs/uva --resume                                  # continue exactly (any kill)
     videoaction train --config runs/uva/config.json --out runs/again           # re-create a run
-    accelerate launch --num_processes 8 -m videoaction train --preset uva-base ...   # 8 GPUs (DDP)
+    accelerate launch --multi_gpu --num_processes 8 -m videoaction.cli train --preset uva-base ...  # 8 GPUs, DDP
+    accelerate launch --multi_gpu --num_processes 2 -m videoaction.cli train ... --device cpu  # 2 CPU processes
 
 ``--preset`` / ``--config`` pick the starting config; all other ``--dotted.field value`` flags (``--steps``,
 ``--optim.lr``, ``--model.width``, ``--dataset.image_size`` ...) override it (``videoaction presets NAME`` shows
@@ -30,7 +31,9 @@ EPILOG = ("All other flags are run-config fields (tyro): --data PATH --out DIR -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="videoaction train", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+    examples = "\n\n".join(__doc__.split("\n\n")[1:3]).replace("::", ":")
+    p = argparse.ArgumentParser(prog="videoaction train", description=__doc__.split("\n\n")[0],
+                                epilog=examples + "\n\n" + EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help="named preset to start from (`videoaction presets` lists them)")
     p.add_argument("--config", help="a run's config.json to start from (re-creates that run)")
