@@ -122,3 +122,15 @@ def test_existing_run_needs_resume(data, tmp_path):
     train(uva_cfg(data, run, "--steps", "1"), QUIET)
     with pytest.raises(VideoActionError, match="--resume"):
         train(uva_cfg(data, run, "--steps", "2"), QUIET)
+
+
+def test_metrics_on_resume_drop_later_and_torn_records(tmp_path):
+    from videoaction.train.metrics import MetricsLogger
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n'
+                                            '{"step": 3, "loss": 0.4}\n{"step": 4, "lo')  # killed mid-write
+    log = MetricsLogger(tmp_path, True, resume_step=2)
+    log.log({"step": 3, "loss": 0.3, "bad": float("nan")})
+    log.close()
+    recs = read_metrics(tmp_path)
+    assert [r["step"] for r in recs] == [1, 2, 3] and recs[-1]["loss"] == 0.3 and recs[-1]["bad"] == "nan"

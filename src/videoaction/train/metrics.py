@@ -25,12 +25,18 @@ def read_metrics(path, kind: str | None = "train") -> list[dict]:
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
+    return [rec for rec in _records(path) if kind is None or rec.get("kind", "train") == kind]
+
+
+def _records(path: Path) -> list[dict]:
+    """Parsed lines; a torn last line (the writer was killed mid-write) is skipped."""
     out = []
     for line in path.read_text().splitlines():
         if line.strip():
-            rec = json.loads(line)
-            if kind is None or rec.get("kind", "train") == kind:
-                out.append(rec)
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     return out
 
 
@@ -54,9 +60,10 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.is_file():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in keep))
+            keep = [json.dumps(rec) for rec in _records(self.path) if rec.get("step", 0) <= resume_step]
+            from videoaction.utils.io import atomic_write_bytes
+
+            atomic_write_bytes(self.path, "".join(line + "\n" for line in keep).encode())
         elif resume_step is None and self.path.is_file():
             self.path.unlink()
         self._file = open(self.path, "a")
