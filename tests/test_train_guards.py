@@ -114,3 +114,14 @@ def test_init_mar_copies_matching_tensors(data, tmp_path):
     rep = result.reports["init_mar"]
     assert rep["loaded"] > 0 and all(k.startswith("diffactloss.") for k in rep["fresh"])
     assert (tmp_path / "s2" / "init_report.json").is_file()
+
+
+def test_stage2_reuses_the_stage1_tokenizer(data, tmp_path):
+    store, tok = data
+    s1 = tmp_path / "s1"
+    train(cfg_for(data, s1, "--steps", "1", preset="uva-tiny-video"), QUIET)
+    cfg = parse_overrides(get_preset("uva-tiny"), ["--data", str(store), "--out", str(tmp_path / "s2"), *TINY_UVA,
+                                                   "--steps", "1", "--init", str(s1)])
+    assert cfg.model.tokenizer.path is None
+    result = train(cfg, QUIET)  # no stage 0: the stage-1 tokenizer is inherited
+    assert result.reports["tokenizer"]["path"] == str(tok) and not (tmp_path / "s2" / "tokenizer").exists()

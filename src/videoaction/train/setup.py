@@ -70,6 +70,12 @@ def prepare_tokenizer(cfg, run_dir: Path, store: EpisodeStore, steps: int, batch
         return None
     if uses_latents(store, cfg):
         return _match_latent_store(cfg, tok, store, log)
+    if tok.path is None and cfg.init:  # stage 2: the tokenizer stage 1 was trained with
+        inherited = _init_tokenizer(cfg.init, tok.kind)
+        if inherited:
+            tok.path = inherited
+            log(f"tokenizer: using the one of --init {cfg.init} ({inherited})")
+            return {"inherited_from": str(cfg.init), "path": inherited}
     if tok.kind != "small" or tok.path is not None:
         return None
     out = run_dir / "tokenizer"
@@ -96,6 +102,21 @@ def prepare_tokenizer(cfg, run_dir: Path, store: EpisodeStore, steps: int, batch
     tok.path = str(out.resolve())
     report["path"] = tok.path
     return report
+
+
+def _init_tokenizer(init, kind: str) -> str | None:
+    """Weights path of the tokenizer in the run config of checkpoint ``init`` (same kind, still on disk)."""
+    import json
+
+    from videoaction.train.checkpoint import resolve_checkpoint
+
+    try:
+        saved = json.loads((resolve_checkpoint(init) / "config.json").read_text())
+    except (VideoActionError, OSError, ValueError):
+        return None
+    tok = (saved.get("model") or {}).get("tokenizer") or {}
+    path = tok.get("path")
+    return path if tok.get("kind") == kind and path and Path(path).exists() else None
 
 
 def _match_latent_store(cfg, tok, store: EpisodeStore, log: Log) -> dict:
