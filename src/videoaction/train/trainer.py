@@ -236,16 +236,17 @@ class Trainer:
         if not debug:
             self._update_best()
         name = ("debug_" if debug else "") + ck.step_name(self.step)
-        tmp = ck.begin_checkpoint(self.run_dir, self.step, "debug_" if debug else "") if self.main else None
+        if self.main:
+            ck.begin_checkpoint(self.run_dir, self.step, "debug_" if debug else "")
         acc.wait_for_everyone()
         tmp = self.run_dir / ck.CHECKPOINTS / f".tmp_{name}"
+        tmp.mkdir(parents=True, exist_ok=True)  # other nodes without a shared filesystem: kept locally
         ck.save_rank_rng(tmp, self.rank, self.generator)
-        optim_state = self.optimizer.state_dict()  # collective under FSDP
         acc.wait_for_everyone()
         final = None
         if self.main:
-            policy = self.policy
-            policy.save_pretrained(tmp, self._config_dict(), ema=self.ema.module if self.ema is not None else None)
+            optim_state = self.optimizer.state_dict()
+            self.policy.save_pretrained(tmp, self._config_dict(), ema=self.ema.module if self.ema is not None else None)
             ck.write_train_state(tmp, optim_state, self._train_state())
             if batch is not None:
                 from videoaction.utils.io import save_state_dict
