@@ -96,6 +96,20 @@ def test_pusht_m_and_mean_action(tmp_path):
     m = res["metrics"]
     assert m["n_episodes"] == 2 and 0.0 <= m["dp_score"] <= 1.0 and "success_rate" in m
     assert res["env_family"] == "pusht"
+    for variant in ("pusht-bg-color", "pusht-goal-color"):  # visual-robustness variants run through the same path
+        r = evaluate_policy(RandomPolicy(seed=1), variant, seeds=[100000], n_envs=1, max_steps=3, progress=False)
+        assert r["tasks"][variant]["episodes"][0]["steps"] == 3 and "dp_score" in r["metrics"]
+
+
+def test_env_spec_expansion():
+    from videoaction.data.errors import VideoActionError
+    from videoaction.eval.runner import expand_env_spec
+
+    assert expand_env_spec("pusht") == ["pusht"]
+    assert expand_env_spec("metaworld:reach,drawer-open-v3") == ["metaworld:reach", "metaworld:drawer-open"]
+    assert len(expand_env_spec("metaworld:MT10")) == 10 and len(expand_env_spec("metaworld:mt50")) == 50
+    with pytest.raises(VideoActionError, match="unknown Metaworld task"):
+        expand_env_spec("metaworld:not-a-task")
 
 
 def test_metaworld_two_tasks_small_images(tmp_path):

@@ -50,20 +50,14 @@ def env_family(spec: str) -> str:
 
 
 def expand_env_spec(spec: str) -> list[str]:
-    """``metaworld:a,b`` -> [``metaworld:a``, ``metaworld:b``]; ``metaworld:MT10`` / ``MT50`` -> their task lists."""
+    """``metaworld:a,b`` -> [``metaworld:a``, ``metaworld:b``]; ``metaworld:MT10`` / ``MT50`` -> their task lists
+    (names checked by :func:`videoaction.envs.metaworld.resolve_tasks`; unknown names list the valid ones)."""
     head, _, rest = spec.partition(":")
     if head.lower() != "metaworld" or not rest:
         return [spec]
-    tasks: list[str] = []
-    for name in (t.strip() for t in rest.split(",") if t.strip()):
-        if name.upper() in ("MT10", "MT50", "MT25"):
-            import metaworld.env_dict as d
+    from videoaction.envs.metaworld import resolve_tasks
 
-            names = list(getattr(d, f"{name.upper()}_V3").keys())
-            tasks += [n[:-3] if n.endswith("-v3") else n for n in names]
-        else:
-            tasks.append(name)
-    return [f"metaworld:{t}" for t in tasks]
+    return [f"metaworld:{t}" for t in resolve_tasks(rest)]
 
 
 def default_seeds(spec: str, n_episodes: int, start: int = TEST_SEED_START) -> list[int]:
