@@ -138,7 +138,7 @@ class MetaworldEnv(gym.Env):
 
     def __init__(self, config: MetaworldConfig):
         check_rendering()
-        import metaworld.env_dict as d
+        import metaworld
 
         self.config = config
         [task] = resolve_tasks([config.task])
@@ -146,14 +146,15 @@ class MetaworldEnv(gym.Env):
             raise VideoActionError(f"unknown Metaworld camera {config.camera!r}; valid: {CAMERAS}")
         self.task = task
         self.language = INSTRUCTIONS.get(task, task.replace("-", " "))
-        cls = d.ALL_V3_ENVIRONMENTS[f"{task}-v3"]
+        benchmark = metaworld.MT1(f"{task}-v3", seed=0)
         try:
-            self._env = cls(render_mode="rgb_array", camera_name=config.camera, width=config.image_size,
-                            height=config.image_size)
+            self._env = benchmark.train_classes[f"{task}-v3"](render_mode="rgb_array", camera_name=config.camera,
+                                                             width=config.image_size, height=config.image_size)
         except Exception as exc:  # MuJoCo raises on a missing GL backend
             raise VideoActionError(f"could not create the MuJoCo renderer ({exc}); on a CPU install OSMesa "
                                    "(`apt-get install libosmesa6`) and set MUJOCO_GL=osmesa; on a GPU set "
                                    "MUJOCO_GL=egl") from None
+        self._env.set_task(benchmark.train_tasks[0])
         self._env._partially_observable = False  # goal in the state (experts read it)
         self._env._freeze_rand_vec = False
         self._env.seeded_rand_vec = True  # reset(seed) decides object / goal positions
