@@ -151,7 +151,7 @@ def test_eval_cli_checkpoint_and_report(tmp_path):
     out = tmp_path / "eval"
     code = main(["--checkpoint", str(tmp_path / "ckpt"), "--env", "pusht", "--episodes", "1", "--max-steps", "4",
                  "--n-envs", "1", "--record", "1", "--sampler", "ddpm:2", "--video", "--data", str(data),
-                 "--out", str(out), "--quiet"])
+                 "--baselines", "--out", str(out), "--quiet"])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert res["checkpoint"] == str(tmp_path / "ckpt") and res["protocol"]["predict_kwargs"] == {
@@ -159,6 +159,8 @@ def test_eval_cli_checkpoint_and_report(tmp_path):
     assert (out / "video_results.json").is_file()
     html = (out / "report.html").read_text()
     assert "<video" in html and "video_grids/" in html and "Config" in html
+    assert ">random<" in html and ">mean-action<" in html  # baseline rows in the headline table
+    assert (out / "baselines" / "mean-action" / "results.json").is_file()
 
 
 def test_known_coverage_state_through_make_env():

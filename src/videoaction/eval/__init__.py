@@ -10,6 +10,7 @@ _EXPORTS = {
     "default_seeds": "videoaction.eval.runner",
     "RandomPolicy": "videoaction.eval.baselines",
     "MeanActionPolicy": "videoaction.eval.baselines",
+    "baseline_policies": "videoaction.eval.baselines",
     "write_report": "videoaction.eval.report",
     "evaluate_video": "videoaction.eval.video_eval",
 }

@@ -87,3 +87,13 @@ class MeanActionPolicy:
 
     def describe(self) -> str:
         return f"mean action {np.round(self.mean_action, 3).tolist()}"
+
+
+def baseline_policies(data=None, seed: int = 0, n_action_steps: int = 8,
+                      action_key: str = "action") -> dict[str, "RandomPolicy | MeanActionPolicy"]:
+    """The trivial baselines a report compares a model with: ``random`` always, ``mean-action`` when an episode
+    store ``data`` is given (its training episodes' mean action)."""
+    out: dict = {"random": RandomPolicy(n_action_steps=n_action_steps, seed=seed)}
+    if data is not None:
+        out["mean-action"] = MeanActionPolicy.from_store(data, action_key=action_key, n_action_steps=n_action_steps)
+    return out

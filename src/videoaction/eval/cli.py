@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         raise VideoActionError("--policy mean-action needs --data STORE (the mean action of its episodes)")
     if args.env and "MUJOCO_GL" not in os.environ and not _has_display():
         os.environ["MUJOCO_GL"] = "osmesa"  # headless MuJoCo rendering (Metaworld)
-    from videoaction.eval.baselines import MeanActionPolicy, RandomPolicy
+    from videoaction.eval.baselines import MeanActionPolicy, RandomPolicy, baseline_policies
     from videoaction.eval.report import write_report
     from videoaction.eval.runner import default_seeds, evaluate_policy
 
@@ -151,10 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(res)
         _print_metrics(name, res)
         if args.baselines:
-            base_pols = {"random": RandomPolicy(seed=args.seed)}
-            if args.data:
-                base_pols["mean-action"] = MeanActionPolicy.from_store(args.data)
-            for bname, bp in base_pols.items():
+            for bname, bp in baseline_policies(args.data, seed=args.seed).items():
                 if bname == args.policy:
                     continue
                 r = evaluate_policy(bp, env, out_dir=out / "baselines" / bname, record_video=0,
