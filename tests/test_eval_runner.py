@@ -140,6 +140,22 @@ def test_model_policy_in_pusht(tmp_path):
     assert 0.0 <= res["metrics"]["dp_score"] <= 1.0
 
 
+def test_dp_policy_in_pusht_gets_sliced_state():
+    """Diffusion Policy (history 2, proprio = first 2 state dims of the env's 5) through the same adapter."""
+    import torch
+
+    from videoaction.models.dp.config import dp_tiny
+    from videoaction.models.dp.policy import DiffusionPolicy
+
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(dp_tiny()).eval()
+    assert policy.observation_spec()["state"].shape == (2, 2)
+    res = evaluate_policy(policy, "pusht", seeds=[100000, 100001], n_envs=2, max_steps=10, progress=False,
+                          predict_kwargs={"sampler": "ddim", "num_steps": 2})
+    assert res["protocol"]["n_obs_steps"] == 2 and res["timing"]["policy_calls"] == 2  # chunks of 8: steps 0, 8
+    assert all(e["steps"] == 10 for e in res["tasks"]["pusht"]["episodes"])
+
+
 def test_eval_cli_checkpoint_and_report(tmp_path):
     from tests.test_eval_video import _store, _tiny_uva
 
