@@ -71,7 +71,7 @@ def _run(quick: bool, presets: tuple[str, ...], log) -> list[dict]:
             gen = torch.Generator().manual_seed(0)
             stats = _time(lambda: policy.predict_action(obs, sampler=sampler, num_steps=steps, generator=gen),
                           iters, warmup)
-            rec = {"benchmark": "uva_latency", "preset": preset, "sampler": sampler, "steps": steps,
+            rec = {"model": "uva", "benchmark": "uva_latency", "preset": preset, "sampler": sampler, "steps": steps,
                    "head_objective": objective, "batch": 1, "device": "cpu", "threads": info["cpu_threads"],
                    "weights": "random (timing only)", "image_size": policy.cfg.dataset.image_size,
                    "tokens": policy.model.n_tokens, "n_params": sum(p.numel() for p in policy.model.parameters()),
@@ -107,7 +107,8 @@ def _cached(preset: str, policy, iters: int, warmup: int, log, sampler: str = "d
         policy.enable_latent_cache(0)
     log(f"[uva_latency] {preset:<9} {sampler:>5}-{steps:<3} + latent cache p50 {stats['p50_ms']:9.1f} ms  "
         f"p90 {stats['p90_ms']:9.1f} ms")
-    return {"benchmark": "uva_latency", "preset": preset, "sampler": sampler, "steps": steps, "latent_cache": True,
+    return {"model": "uva", "benchmark": "uva_latency", "preset": preset, "sampler": sampler, "steps": steps,
+            "latent_cache": True,
             "head_objective": "ddpm", "batch": 1, "device": "cpu", "threads": torch.get_num_threads(),
             "weights": "random (timing only)", "load_avg_1m": os.getloadavg()[0], **stats}
 

@@ -1,0 +1,127 @@
+"""`videoaction bench`: UVA vs Diffusion Policy, measured side by side in one process.
+
+Sections (JSON keys): ``latency`` (action-chunk latency at batch 1, p50/p90, per model / preset / sampler),
+``training`` (samples/s per family and preset; UVA with and without the latent cache), ``data`` (data-loader
+throughput, demo generators), ``serve`` (loopback server load), ``machine``. ``--quick`` runs the reduced set CI
+affords; ``--quality`` additionally trains both families for the same wall-clock budget and evaluates them.
+Ratios are printed from numbers taken in this same run (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from pathlib import Path
+
+from videoaction.benchmarks.timing import machine_info
+from videoaction.utils.io import atomic_write_json
+
+# --quick: tiny presets only (the paper-size models take minutes per call on a CPU)
+QUICK_KWARGS = {
+    "videoaction.benchmarks.uva_latency": {"presets": ("uva-tiny",)},
+    "videoaction.benchmarks.dp_latency": {"presets": ("dp-tiny",)},
+}
+
+SECTIONS = {
+    "latency": ["videoaction.benchmarks.uva_latency", "videoaction.benchmarks.dp_latency"],
+    "training": ["videoaction.benchmarks.training"],
+    "data": ["videoaction.benchmarks.demos"],
+    "serve": ["videoaction.benchmarks.serve_load"],
+}
+
+
+def _run_module(name: str, quick: bool, errors: list[str]):
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        errors.append(f"{name}: not available ({exc})")
+        return None
+    t0 = time.perf_counter()
+    print(f"--- {name} ({'quick' if quick else 'full'})", flush=True)
+    result = module.run(quick=quick, **(QUICK_KWARGS.get(name, {}) if quick else {}))
+    print(f"    {time.perf_counter() - t0:.0f} s", flush=True)
+    return result
+
+
+def ratios(latency: list[dict]) -> list[dict]:
+    """UVA / DP-C latency at equal steps and UVA few-step / DP-C-100, per preset scale (tiny, base)."""
+    out = []
+    by = {(r["model"], r["preset"], r["sampler"], r["steps"]): r for r in latency if not r.get("latent_cache")}
+    for scale in ("tiny", "base"):
+        dp = {k[3]: v for k, v in by.items() if k[0] == "dp" and k[1].endswith(scale)}
+        uva = {k: v for k, v in by.items() if k[0] == "uva" and k[1].endswith(scale)}
+        for (_, preset, sampler, steps), r in sorted(uva.items(), key=lambda kv: kv[0][3]):
+            if steps in dp:
+                out.append({"scale": scale, "comparison": f"UVA {sampler}-{steps} / DP-C {dp[steps]['sampler']}-{steps}",
+                            "ratio_p50": r["p50_ms"] / dp[steps]["p50_ms"], "target": 0.5})
+            if 100 in dp and steps < 16:
+                out.append({"scale": scale, "comparison": f"UVA {sampler}-{steps} / DP-C {dp[100]['sampler']}-100",
+                            "ratio_p50": r["p50_ms"] / dp[100]["p50_ms"], "target": 0.1})
+    return out
+
+
+def print_tables(report: dict) -> None:
+    if report.get("latency"):
+        print("\naction-chunk latency, batch 1")
+        print(f"{'model':<6}{'preset':<12}{'sampler':<10}{'steps':>6}{'p50 ms':>10}{'p90 ms':>10}")
+        for r in report["latency"]:
+            cache = "  (history latent cache)" if r.get("latent_cache") else ""
+            print(f"{r['model']:<6}{r['preset']:<12}{r['sampler']:<10}{r['steps']:>6}{r['p50_ms']:>10.1f}"
+                  f"{r['p90_ms']:>10.1f}{cache}")
+    for r in report.get("ratios", []):
+        ok = "meets" if r["ratio_p50"] <= r["target"] else "misses"
+        print(f"  [{r['scale']}] {r['comparison']}: {r['ratio_p50']:.3f} ({ok} target <= {r['target']})")
+    if report.get("training"):
+        print("\ntraining throughput")
+        for r in report["training"]:
+            extra = "  latent cache" if r.get("latent_cache") else ""
+            print(f"  {r['model']:<6}{r['preset']:<12}{r['samples_per_s']:>10.1f} samples/s{extra}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="videoaction bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--quick", action="store_true", help="reduced set (tiny presets, few iterations)")
+    parser.add_argument("--sections", nargs="+", default=["latency", "training", "data"],
+                        choices=sorted(SECTIONS), help="which sections to run (default: latency training data)")
+    parser.add_argument("--quality", action="store_true",
+                        help="also train UVA-tiny and DP-C-tiny for the same wall-clock budget and evaluate both")
+    parser.add_argument("--quality-minutes", type=float, default=30.0, help="training budget per family (--quality)")
+    parser.add_argument("--quality-data", help="demonstration store for --quality (default: generate PushT demos)")
+    args = parser.parse_args(argv)
+
+    errors: list[str] = []
+    report: dict = {"latency": [], "training": [], "data": {}, "machine": machine_info(), "quick": args.quick}
+    for section in args.sections:
+        for module in SECTIONS[section]:
+            result = _run_module(module, args.quick, errors)
+            if result is None:
+                continue
+            if section in ("latency", "training"):
+                for row in (result.get("rows", []) if isinstance(result, dict) else result):
+                    if section == "latency" and "p50_ms" not in row:  # per-stage breakdowns
+                        report["data"].setdefault("latency_breakdown", []).append(row)
+                    elif row.get("model") == "data":  # data-loader throughput
+                        report["data"].setdefault("loader", []).append(row)
+                    else:
+                        report[section].append(row)
+            elif section == "data":
+                report["data"][module.rsplit(".", 1)[-1]] = result
+            else:
+                report[section] = result
+    report["ratios"] = ratios(report["latency"])
+    if args.quality:
+        from videoaction.benchmarks.quality import run_quality
+
+        report["quality"] = run_quality(Path(args.out).with_suffix(""), minutes=args.quality_minutes,
+                                        data=args.quality_data, quick=args.quick)
+    if errors:
+        report["errors"] = errors
+    atomic_write_json(args.out, report)
+    print_tables(report)
+    for e in errors:
+        print(f"note: {e}")
+    print(f"\nwrote {args.out}")
+    return 0
