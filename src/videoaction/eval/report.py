@@ -325,8 +325,11 @@ def write_report(out_dir, results: Mapping[str, Any] | Sequence[Mapping[str, Any
     facts: dict[str, Any] = {"runs": per_run} if len(per_run) > 1 else (per_run[0] if per_run else {})
     if video_results:
         facts["video_eval"] = {k: v for k, v in video_results.items() if k not in ("table", "grids", "notes")}
-    if facts:
-        add("Protocol, seeds and versions", f"<pre>{_e(json.dumps(facts, indent=2, default=str))}</pre>", "facts")
+    files = sorted(p.name for p in out.glob("*.json"))
+    links = ("<p>Raw results: " + ", ".join(f"<a href='{_e(f)}'>{_e(f)}</a>" for f in files) + "</p>") if files else ""
+    if facts or links:
+        add("Protocol, seeds and versions", links + f"<pre>{_e(json.dumps(facts, indent=2, default=str))}</pre>",
+            "facts")
     nav = " · ".join(f"<a href='#{_e(a)}'>{_e(t)}</a>" for a, t in toc)
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(heading)}</title>"
            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style>"
