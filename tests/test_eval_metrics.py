@@ -212,6 +212,11 @@ def test_baselines():
     b = RandomPolicy(n_action_steps=4, seed=0)
     b.bind_action_space(Box)
     assert np.array_equal(a, b({"state": np.zeros((3, 5), np.float32)}))  # deterministic
+    class Box4:
+        low, high, shape = -np.ones(4), np.ones(4), (4,)
+
+    rp.bind_action_space(Box4)  # the same baseline reused in another environment takes its bounds
+    assert rp({"state": np.zeros((1, 5))}).shape == (1, 4, 4)
     mp = MeanActionPolicy([1.0, 2.0], n_action_steps=3)
     out = mp({"image": np.zeros((2, 4, 4, 3), np.uint8)})
     assert out.shape == (2, 3, 2) and np.all(out == np.array([1.0, 2.0]))

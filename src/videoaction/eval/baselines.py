@@ -30,12 +30,14 @@ class RandomPolicy:
     def __init__(self, low=None, high=None, n_action_steps: int = 8, seed: int = 0):
         self.low = None if low is None else np.asarray(low, np.float32)
         self.high = None if high is None else np.asarray(high, np.float32)
+        self._bounds_given = low is not None
         self.n_obs_steps = 1
         self.n_action_steps = int(n_action_steps)
         self.rng = np.random.default_rng(seed)
 
     def bind_action_space(self, space) -> None:
-        if self.low is None:
+        """Take the bounds of each new environment's action space (unless bounds were given explicitly)."""
+        if not self._bounds_given:
             low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
             if not (np.isfinite(low).all() and np.isfinite(high).all()):
                 raise VideoActionError(f"RandomPolicy needs a bounded action space, got low={low} high={high}")
