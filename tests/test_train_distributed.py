@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -14,6 +15,12 @@ from videoaction.models.base import load_policy
 from videoaction.train.loader import BatchOrder, OrderState
 from videoaction.train.metrics import read_metrics
 from videoaction.train.synthetic import TINY_UVA, make_store, tiny_tokenizer
+
+
+def _free_port() -> int:
+    with socket.socket() as s:  # other test sessions may share this machine: never a fixed port
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_batch_order_shards_ranks_and_resumes_exactly():
@@ -43,7 +50,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     # `--multi_gpu` selects accelerate's torchrun launcher; `--device cpu` makes the Accelerator use gloo on CPU
     # (`accelerate launch --cpu` alone starts a single process).
     cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "videoaction.cli", "train",
+           "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "videoaction.cli", "train",
            "--preset", "uva-tiny", "--data", str(store), "--out", str(run), "--model.tokenizer.path", str(tok),
            *TINY_UVA, "--optim.batch-size", "4", "--steps", "4", "--log-every", "1", "--save-every", "2",
            "--device", "cpu", "--no-progress", "--val-batches", "1"]
