@@ -155,6 +155,10 @@ class MetaworldEnv(gym.Env):
                                    "(`apt-get install libosmesa6`) and set MUJOCO_GL=osmesa; on a GPU set "
                                    "MUJOCO_GL=egl") from None
         self._env.set_task(benchmark.train_tasks[0])
+        # MuJoCo's default 4096 shadow map and 4x multisampling cost ~0.3 s per frame under OSMesa; without them
+        # a frame takes ~10 ms. Demonstrations and evaluation share this setting, so their images agree.
+        self._env.model.vis.quality.shadowsize = 0
+        self._env.model.vis.quality.offsamples = 0
         self._env._partially_observable = False  # goal in the state (experts read it)
         self._env._freeze_rand_vec = False
         self._env.seeded_rand_vec = True  # reset(seed) decides object / goal positions
