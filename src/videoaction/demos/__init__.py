@@ -1,0 +1,1 @@
+"""Scripted experts and demonstration generators (PushT planning expert, Metaworld experts)."""
