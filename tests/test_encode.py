@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -21,6 +22,8 @@ from videoaction.train.metrics import read_metrics
 from videoaction.train.setup import TrainSetupError
 from videoaction.train.synthetic import TINY_UVA, make_store, tiny_tokenizer
 from videoaction.train.trainer import TrainOptions, train
+
+torch.set_num_threads(1)  # the CPU is shared: one thread per process avoids oversubscription
 
 QUIET = TrainOptions(progress=False, log=lambda m: None)
 
@@ -90,7 +93,8 @@ def test_encode_resumes_after_sigkill_keeping_finished_shards(data, tmp_path):
     shard_dir = tmp_path / "lat.zarr.shards"
     cmd = [sys.executable, "-m", "videoaction.cli", "encode", "--data", str(store), "--out", str(out), "--tokenizer",
            str(tok), "--shards", "6", "--batch-size", "8", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = shard_dir / "shard_0000"
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
@@ -101,7 +105,7 @@ def test_encode_resumes_after_sigkill_keeping_finished_shards(data, tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "encode finished before it could be killed"
     assert not out.exists()
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     done = re.search(r"in (\d+) shard\(s\) .*\((\d+) already complete\)", resumed.stdout)
     assert done, resumed.stdout

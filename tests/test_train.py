@@ -17,6 +17,8 @@ from videoaction.train.synthetic import TINY_DP, TINY_UVA, make_store, tiny_toke
 from videoaction.train.trainer import TrainOptions, train
 from videoaction.utils.io import load_state_dict
 
+torch.set_num_threads(1)  # the CPU is shared: one thread per process avoids oversubscription
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

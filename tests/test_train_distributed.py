@@ -9,12 +9,15 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from videoaction.models.base import load_policy
 from videoaction.train.loader import BatchOrder, OrderState
 from videoaction.train.metrics import read_metrics
 from videoaction.train.synthetic import TINY_UVA, make_store, tiny_tokenizer
+
+torch.set_num_threads(1)  # the CPU is shared: one thread per process avoids oversubscription
 
 
 def _free_port() -> int:

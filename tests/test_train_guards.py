@@ -15,6 +15,8 @@ from videoaction.train.synthetic import TINY_UVA, make_store, tiny_tokenizer
 from videoaction.train.trainer import TrainError, TrainOptions, train
 from videoaction.utils.io import load_state_dict
 
+torch.set_num_threads(1)  # the CPU is shared: one thread per process avoids oversubscription
+
 QUIET = TrainOptions(progress=False, log=lambda m: None, val_batches=0)
 
 

@@ -18,6 +18,8 @@ from videoaction.train.synthetic import TINY_UVA, make_store, tiny_tokenizer
 from videoaction.train.trainer import TrainOptions, train
 from videoaction.utils.io import load_state_dict
 
+torch.set_num_threads(1)  # the CPU is shared: one thread per process avoids oversubscription
+
 STEPS = 6
 
 
@@ -35,7 +37,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
           TrainOptions(progress=False, log=lambda m: None, val_batches=0))
     ref = read_metrics(ref_dir)
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # same thread count as this process
     cmd = [sys.executable, "-m", "videoaction.cli", "train", "--preset", "uva-tiny", "--no-progress", "--val-batches", "0",
            *_args(store, tok, run)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
