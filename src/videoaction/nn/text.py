@@ -130,9 +130,6 @@ class _FrozenHF(TextEncoder):
         self._cache.clear()
         return super()._apply(fn, recurse)
 
-    def train(self, mode: bool = True):
-        return super().train(mode)  # the frozen HF model stays in eval mode
-
     def _tokens(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         tok = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
                              return_tensors="pt")
@@ -146,6 +143,9 @@ class _FrozenHF(TextEncoder):
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Embeddings (B, dim); each distinct string is computed once and cached (instructions repeat)."""
         new = sorted({str(t) for t in texts} - set(self._cache))
+        if len(self._cache) + len(new) > 4096:  # instructions repeat; free-form text must not grow it forever
+            self._cache.clear()
+            new = sorted({str(t) for t in texts})
         if new:
             for t, e in zip(new, self._embed(new)):
                 self._cache[t] = e

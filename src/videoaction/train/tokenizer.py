@@ -109,7 +109,7 @@ def measure_scale(model: SmallAutoencoder, frames: torch.Tensor, n: int = 2048, 
     return 1.0 / max(std, 1e-8)
 
 
-def train_tokenizer(store_path, out_dir, cfg: TokenizerConfig | None = None, steps: int = 1500, batch_size: int = 32,
+def train_tokenizer(store_path, out_dir, cfg: TokenizerConfig | None = None, steps: int = 600, batch_size: int = 32,
                     image_key: str = "img", image_size: int = 64, seed: int = 0, lr: float = 2e-3,
                     kl_weight: float = 1e-5, l1_weight: float = 0.0, max_frames: int = 20000,
                     val_fraction: float = 0.05, progress: bool = True,
