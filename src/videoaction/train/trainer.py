@@ -82,7 +82,11 @@ class _LossModule(nn.Module):
 def _make_accelerator(cfg: RunConfig):
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
+    from accelerate.state import AcceleratorState, PartialState
+
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()  # a second run in this process may use another precision / device
     return Accelerator(mixed_precision=cfg.optim.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum,
                        cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
