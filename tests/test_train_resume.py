@@ -38,7 +38,8 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
     ref = read_metrics(ref_dir)
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # same thread count as this process
-    cmd = [sys.executable, "-m", "videoaction.cli", "train", "--preset", "uva-tiny", "--no-progress", "--val-batches", "0",
+    cmd = [sys.executable, "-m", "videoaction.cli", "train", "--preset", "uva-tiny", "--no-progress",
+           "--val-batches", "0",
            *_args(store, tok, run)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
@@ -51,7 +52,8 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
     assert killed_at < STEPS, "the run finished before it could be killed"
 
     resumed = subprocess.run([sys.executable, "-m", "videoaction.cli", "train", "--out", str(run), "--resume",
-                              "--no-progress", "--val-batches", "0"], env=env, capture_output=True, text=True, timeout=300)
+                              "--no-progress", "--val-batches", "0"], env=env, capture_output=True, text=True,
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
     got = read_metrics(run)

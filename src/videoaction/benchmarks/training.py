@@ -4,11 +4,12 @@ the latent cache (same run, same data), data-loader samples/s and peak memory.
 The trainers are the real ones (``videoaction.train.trainer.Trainer``: loader, forward, backward, clipping, AdamW,
 scheduler, EMA) on a synthetic 96 px store (``train.synthetic``), preset models unchanged. Their steps run
 interleaved, the order alternating each round, so the load of a shared machine hits every configuration alike;
-samples/s = batch / median step time after warm-up; on a CPU the steps use one thread and
-``samples_per_cpu_s`` (batch / median process CPU time per step) is reported too: it barely moves with the load
-of other processes, so its ratios are the ones to quote from a busy machine. The UVA "latent cache" row trains from a store written by
-``videoaction encode`` (the encoder never runs); its record carries ``speedup_vs_images``. On a CPU
-``peak_mem_mb`` is the process's peak RSS (cumulative); on CUDA the peak allocated memory during that model's steps.
+samples/s = batch / median step time after warm-up. On a CPU the steps use one thread and ``samples_per_cpu_s``
+(batch / median process CPU time per step) is reported too: it barely moves with the load of other processes, so
+its ratios are the ones to quote from a busy machine. The UVA "latent cache" row trains from a store written by
+``videoaction encode`` (the encoder never runs); it carries ``speedup_vs_images`` (wall) and
+``speedup_vs_images_cpu_time``. On a CPU ``peak_mem_mb`` is the process's peak RSS (cumulative); on CUDA the peak
+allocated memory during that model's steps.
 """
 
 from __future__ import annotations

@@ -142,7 +142,8 @@ def encode_store(data, out, tokenizer_spec: str, shards: int = 1, batch_size: in
     tokenizer = build_tokenizer(tok_cfg)
     tok_cfg = resolved_config(tokenizer, tok_cfg)
     if dcfg.image_size % tokenizer.stride:
-        raise EncodeError(f"--image-size {dcfg.image_size} is not a multiple of the tokenizer stride {tokenizer.stride}")
+        raise EncodeError(f"--image-size {dcfg.image_size} is not a multiple of the tokenizer stride "
+                          f"{tokenizer.stride}")
     info = {"tokenizer": {"kind": tok_cfg.kind, "path": tok_cfg.path, "latent_channels": tokenizer.latent_channels,
                           "stride": tokenizer.stride, "scale": float(tokenizer.scale)},
             "fingerprint": weights_fingerprint(tok_cfg.path), "image_size": dcfg.image_size,

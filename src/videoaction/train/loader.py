@@ -193,7 +193,8 @@ def video_only_modes(model_cfg, on: bool):
         model_cfg.task_modes = saved
 
 
-def make_loader(dataset, order: "BatchOrder | MixedOrder", num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def make_loader(dataset, order: "BatchOrder | MixedOrder", num_workers: int = 0,
+                pin_memory: bool = False) -> DataLoader:
     """An endless loader that yields this rank's batches in ``order`` (``order`` itself is not advanced)."""
     return DataLoader(EpochIndexed(dataset), batch_sampler=_InfiniteBatches(order), num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0,

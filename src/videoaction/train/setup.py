@@ -157,7 +157,8 @@ def check_latent_fit(cfg, dataset) -> None:
             raise TrainSetupError(f"{path}: latents were encoded by a {stored.get('kind')} tokenizer with {key}="
                                   f"{stored.get(key)!r} but the model's tokenizer has {key}={getattr(tok, key)!r}; "
                                   f"re-encode with the run's tokenizer")
-    if stored.get("scale") is not None and tok.scale is not None and abs(stored["scale"] - tok.scale) > 1e-6 * abs(tok.scale):
+    scale = stored.get("scale")
+    if scale is not None and tok.scale is not None and abs(scale - tok.scale) > 1e-6 * abs(tok.scale):
         raise TrainSetupError(f"{path}: latents were scaled by {stored['scale']} but the model's tokenizer scale is "
                               f"{tok.scale}; re-encode with the run's tokenizer")
     c, h, w = dataset.frame_shape

@@ -103,7 +103,8 @@ class Trainer:
         if not cfg.data or not cfg.out:
             raise VideoActionError("a run needs --data STORE and --out DIR")
         if cfg.optim.mixed_precision not in ("no", "fp16", "bf16"):
-            raise VideoActionError(f"optim.mixed_precision must be no, fp16 or bf16, found {cfg.optim.mixed_precision!r}")
+            raise VideoActionError(f"optim.mixed_precision must be no, fp16 or bf16, found "
+                                   f"{cfg.optim.mixed_precision!r}")
         self.run_dir = Path(cfg.out)
         self.acc = _make_accelerator(cfg)
         from accelerate.utils import DistributedType
