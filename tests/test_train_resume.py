@@ -65,3 +65,26 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
         a, b = load_state_dict(ref_dir / final / name), load_state_dict(run / final / name)
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{name} {k}")
+
+
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path):
+    store = make_store(tmp_path / "store.zarr", n_episodes=4, length=40, image_size=32)
+    tok = tiny_tokenizer(store, tmp_path / "tok")
+    run = tmp_path / "run"
+    args = _args(store, tok, run)
+    args[args.index("--steps") + 1] = "200"
+    args[args.index("--save-every") + 1] = "100"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "videoaction.cli", "train", "--preset", "uva-tiny",
+                             "--no-progress", "--val-batches", "0", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (run / "metrics.jsonl").is_file() or not read_metrics(run):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # a cluster's preemption notice
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    step = int(read_pointer(run / "checkpoints", "latest").name.split("_")[1])
+    assert 1 <= step < 200 and f"stopped at step {step}" in out
+    assert read_metrics(run)[-1]["step"] == step
