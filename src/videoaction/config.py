@@ -91,6 +91,7 @@ class RunConfig:
     data: str = ""  # episode store (or latent store) to train on
     out: str = ""  # run directory
     steps: int = 1000
+    time_limit_min: float = 0.0  # stop (and save) after this many minutes of training; 0 = no limit
     save_every: int = 500
     log_every: int = 10
     eval_every: int = 0  # 0 = no periodic rollouts

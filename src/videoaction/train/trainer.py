@@ -365,6 +365,7 @@ class Trainer:
         t_log, steps_since = time.perf_counter(), 0
         global_batch = o.batch_size * self.world * o.grad_accum
         self.model.train()
+        t_start = time.perf_counter()
         try:
             while self.step < cfg.steps:
                 grad_norm = self._train_step(batches, window)
@@ -389,6 +390,9 @@ class Trainer:
                     window, t_log, steps_since = {}, time.perf_counter(), 0
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.opts.eval_fn is not None:
                     self._evaluate()
+                if cfg.time_limit_min and time.perf_counter() - t_start > 60.0 * cfg.time_limit_min and not self._stop:
+                    self.log(f"time limit of {cfg.time_limit_min:g} min reached at step {self.step}")
+                    self._stop = True
                 stop = self._reduce_flags(self._stop)[0]
                 if self.step % max(cfg.save_every, 1) == 0 or self.step == cfg.steps or stop:
                     ckpt = self.save()
