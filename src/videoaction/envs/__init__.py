@@ -1,14 +1,7 @@
-"""Simulation environments with one observation convention: ``{"image": uint8 (H, W, 3), "state": float32 (D,)}``.
+"""Environments: ``make_env("pusht" | "pusht-m" | "pusht:<variant>" | "metaworld:<task>", seed)``.
 
-``make_env(spec, seed, **kw)``:
-
-* ``pusht``, ``pusht-m`` and the PushT visual-robustness variants (``pusht-bg-color``, ``pusht-bg-objects``,
-  ``pusht-goal-color``, ``pusht-m-bg-color``) — see :mod:`videoaction.envs.pusht`;
-* ``metaworld:<task>`` (``reach`` or ``reach-v3``) — see :mod:`videoaction.envs.metaworld`.
-
-Keyword arguments: ``image_size``, ``max_episode_steps`` for all; ``camera`` for Metaworld. Every env reports
-``info["is_success"]``; PushT also ``info["coverage"]``. The env is seeded at its first ``reset(seed=...)``;
-``seed`` here is only a default for a first ``reset()`` without one.
+Every env returns dict observations ``image`` uint8 (H, W, 3) and ``state`` float32 (D,), and ``info`` with
+``is_success`` (PushT also ``coverage``). PushT variants: see :class:`videoaction.envs.pusht.PushTVisualConfig`.
 """
 
 from __future__ import annotations
@@ -17,50 +10,57 @@ import gymnasium as gym
 
 from videoaction.data.errors import VideoActionError
 
+PUSHT_SPECS = ("pusht", "pusht-m")
 
-def env_specs() -> list[str]:
+
+def mt10_tasks() -> list[str]:
+    from videoaction.envs.metaworld import MT10
+
+    return list(MT10)
+
+
+def mt50_tasks() -> list[str]:
+    from videoaction.envs.metaworld import mt50
+
+    return mt50()
+
+
+def task_instruction(task: str) -> str:
+    from videoaction.envs.metaworld import instruction
+
+    return instruction(task)
+
+
+def valid_specs() -> list[str]:
     from videoaction.envs.pusht import VARIANTS
 
-    return sorted(VARIANTS) + ["metaworld:<task>"]
+    return [*PUSHT_SPECS, *(f"{p}:{v}" for p in PUSHT_SPECS for v in VARIANTS), "metaworld:<task>"]
 
 
-class _DefaultSeed(gym.Wrapper):
-    """Uses ``seed`` for a first ``reset()`` that gives none, so ``make_env(spec, seed)`` is reproducible."""
+def make_env(spec: str, seed: int | None = None, **kw) -> gym.Env:
+    """Build an env from a spec; ``seed`` seeds the first reset (``env.reset()`` then uses it).
 
-    def __init__(self, env: gym.Env, seed: int | None):
-        super().__init__(env)
-        self._first_seed = seed
+    PushT kw: ``image_size`` (96), ``max_steps`` (300), ``visual`` (PushTVisualConfig). Metaworld kw:
+    ``image_size``, ``camera`` ("corner2"), ``max_steps`` (500), ``goal_observable`` (True).
+    """
+    name, _, variant = spec.partition(":")
+    if name in PUSHT_SPECS:
+        from videoaction.envs.pusht import PushTVisualConfig, VAPushTEnv
 
-    def reset(self, *, seed=None, options=None):
-        if seed is None and self._first_seed is not None:
-            seed, self._first_seed = self._first_seed, None
-        else:
-            self._first_seed = None
-        return self.env.reset(seed=seed, options=options)
+        visual = kw.pop("visual", None) or PushTVisualConfig.from_variant(variant or None)
+        max_steps = kw.pop("max_steps", 300)
+        env = gym.wrappers.TimeLimit(VAPushTEnv(multi_goal=(name == "pusht-m"), visual=visual, **kw), max_steps)
+    elif name == "metaworld":
+        from videoaction.envs.metaworld import MetaworldEnv
 
-
-def make_env(spec: str, seed: int | None = None, image_size: int | None = None,
-             max_episode_steps: int | None = None, **kw) -> gym.Env:
-    """An environment by spec (see the module docstring); unknown specs list the valid ones."""
-    head, _, rest = spec.partition(":")
-    head = head.lower()
-    if head == "metaworld":
-        from videoaction.envs.metaworld import MetaworldConfig, MetaworldEnv
-
-        if not rest or "," in rest:
-            raise VideoActionError(f"env spec {spec!r}: give one task as metaworld:<task> (e.g. metaworld:reach)")
-        cfg = MetaworldConfig(task=rest, **({"image_size": image_size} if image_size else {}),
-                              **({"max_episode_steps": max_episode_steps} if max_episode_steps else {}), **kw)
-        return _DefaultSeed(MetaworldEnv(cfg), seed)
-    if head.startswith("pusht"):
-        from videoaction.envs.pusht import VARIANTS, make_pusht
-
-        name = f"{head}-{rest}" if rest else head  # pusht:bg-color == pusht-bg-color
-        if name not in VARIANTS:
-            raise VideoActionError(f"unknown environment {spec!r}; valid: {env_specs()}")
-        overrides = dict(kw, **({"image_size": image_size} if image_size else {}))
-        return _DefaultSeed(make_pusht(name, max_episode_steps=max_episode_steps or 300, **overrides), seed)
-    raise VideoActionError(f"unknown environment {spec!r}; valid: {env_specs()}")
+        if not variant:
+            raise VideoActionError(f"metaworld spec needs a task, e.g. 'metaworld:reach-v3'; valid: {mt50_tasks()}")
+        env = MetaworldEnv(variant, **kw)
+    else:
+        raise VideoActionError(f"unknown environment {spec!r}; valid: {', '.join(valid_specs())}")
+    if seed is not None:
+        env.reset(seed=seed)
+    return env
 
 
-__all__ = ["make_env", "env_specs"]
+__all__ = ["make_env", "mt10_tasks", "mt50_tasks", "task_instruction", "valid_specs"]
