@@ -1,1 +1,1 @@
-"""Scripted experts and demonstration generators (PushT planning expert, Metaworld experts)."""
+"""Scripted demonstrations: the PushT planning expert, PushT-M, Metaworld experts -> episode stores."""
