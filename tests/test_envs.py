@@ -1,0 +1,96 @@
+"""Environments: dict observations, PushT-M goal in the image, variants, Metaworld, named errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gym_pusht")
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+
+from videoaction.data.errors import VideoActionError  # noqa: E402
+from videoaction.envs import make_env, mt10_tasks, mt50_tasks, task_instruction  # noqa: E402
+
+pytestmark = pytest.mark.sim
+
+
+def _green_centroid(img: np.ndarray) -> np.ndarray:
+    img = img.astype(int)
+    mask = (img[..., 1] > 200) & (img[..., 0] < 180) & (img[..., 2] < 180)
+    ys, xs = np.nonzero(mask)
+    assert mask.sum() > 50, "goal region not drawn"
+    return np.array([xs.mean(), ys.mean()]) / img.shape[1] * 512
+
+
+@pytest.mark.parametrize("spec", ["pusht", "pusht-m", "pusht:bg-color", "pusht:distractors", "pusht-m:goal-color"])
+def test_pusht_obs_and_info(spec):
+    env = make_env(spec, image_size=48)
+    obs, info = env.reset(seed=5)
+    assert obs["image"].shape == (48, 48, 3) and obs["image"].dtype == np.uint8
+    assert obs["state"].shape == (5,) and obs["state"].dtype == np.float32
+    obs, reward, term, trunc, info = env.step(np.array([256.0, 256.0]))
+    assert isinstance(info["is_success"], bool) and 0.0 <= info["coverage"] <= 1.0
+    assert env.spec is None or env.spec.max_episode_steps in (None, 300)
+
+
+def test_pusht_m_goal_seeded_and_drawn():
+    from videoaction.demos.pusht_expert import LOCAL_KEYPOINTS9, to_world
+
+    env = make_env("pusht-m")
+    goals, imgs = [], []
+    for seed in (0, 1, 0):
+        obs, _ = env.reset(seed=seed)
+        goal = env.unwrapped.goal_pose.copy()
+        assert 156 <= goal[0] <= 356 and 156 <= goal[1] <= 356 and 0 <= goal[2] < 2 * np.pi
+        cog = to_world(LOCAL_KEYPOINTS9[8:], goal)[0]
+        assert np.linalg.norm(_green_centroid(obs["image"]) - cog) < 25  # the goal T is where the image shows it
+        goals.append(goal)
+        imgs.append(obs["image"])
+    np.testing.assert_array_equal(goals[0], goals[2])
+    np.testing.assert_array_equal(imgs[0], imgs[2])
+    assert not np.allclose(goals[0], goals[1])
+    fixed = make_env("pusht")
+    fixed.reset(seed=0)
+    np.testing.assert_allclose(fixed.unwrapped.goal_pose, [256, 256, np.pi / 4])
+
+
+def test_visual_variants_change_pixels_not_state():
+    base, _ = make_env("pusht").reset(seed=2)
+    for variant in ("bg-color", "distractors", "goal-color"):
+        obs, _ = make_env(f"pusht:{variant}").reset(seed=2)
+        np.testing.assert_array_equal(obs["state"], base["state"])
+        assert np.abs(obs["image"].astype(int) - base["image"]).sum() > 1000, variant
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(VideoActionError, match="pusht-m"):
+        make_env("pushy")
+    with pytest.raises(VideoActionError, match="unknown PushT variant"):
+        make_env("pusht:neon")
+    with pytest.raises(VideoActionError, match="reach-v3"):
+        make_env("metaworld:reach-v9")
+
+
+def test_task_lists_and_instructions():
+    assert len(mt10_tasks()) == 10 and len(mt50_tasks()) == 50 and set(mt10_tasks()) <= set(mt50_tasks())
+    for t in mt50_tasks():
+        s = task_instruction(t)
+        assert s.endswith(".") and len(s.split()) >= 2
+
+
+def test_metaworld_obs():
+    pytest.importorskip("metaworld")
+    env = make_env("metaworld:reach-v3", image_size=32, max_steps=5)
+    obs, info = env.reset(seed=0)
+    assert obs["image"].shape == (32, 32, 3) and obs["image"].dtype == np.uint8 and obs["image"].std() > 5
+    assert obs["state"].shape == (39,) and obs["state"].dtype == np.float32
+    first = obs["state"].copy()
+    obs2, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(first, obs2["state"])
+    trunc = False
+    for _ in range(5):
+        obs, r, term, trunc, info = env.step(np.zeros(4))
+        assert isinstance(info["is_success"], bool)
+    assert trunc
