@@ -94,3 +94,14 @@ def test_metaworld_obs():
         obs, r, term, trunc, info = env.step(np.zeros(4))
         assert isinstance(info["is_success"], bool)
     assert trunc
+
+
+def test_no_opengl_backend_error_says_how_to_fix():
+    import subprocess
+    import sys
+
+    code = ("from videoaction.envs import make_env\nfrom videoaction.data.errors import VideoActionError\n"
+            "try:\n    make_env('metaworld:reach-v3', image_size=16)\nexcept VideoActionError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MUJOCO_GL": "no-such-backend"},
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "libosmesa6" in out and "MUJOCO_GL=osmesa" in out

@@ -41,6 +41,12 @@ def instruction(task: str) -> str:
     return f"{verb.capitalize()} the {rest}.".replace("  ", " ")
 
 
+def _gl_help(exc: BaseException) -> str:
+    return (f"MuJoCo could not open an offscreen OpenGL context (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: "
+            f"{type(exc).__name__}: {exc}). Install OSMesa (`apt-get install libosmesa6`) and set "
+            "MUJOCO_GL=osmesa, or MUJOCO_GL=egl on a GPU machine.")
+
+
 def mt50() -> list[str]:
     return _task_names()
 
@@ -53,7 +59,10 @@ class MetaworldEnv(gym.Env):
     def __init__(self, task: str, image_size: int | tuple[int, int] = 96, camera: str = "corner2",
                  max_steps: int = 500, goal_observable: bool = True):
         os.environ.setdefault("MUJOCO_GL", "osmesa")
-        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+        try:
+            from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+        except (RuntimeError, ImportError) as exc:
+            raise VideoActionError(_gl_help(exc)) from None
 
         if task not in ALL_V3_ENVIRONMENTS:
             raise VideoActionError(f"unknown Metaworld task {task!r}; valid: {', '.join(sorted(ALL_V3_ENVIRONMENTS))}")
@@ -71,10 +80,7 @@ class MetaworldEnv(gym.Env):
 
             self._renderer = mujoco.Renderer(env.model, h, w)
         except Exception as exc:  # no OpenGL backend
-            raise VideoActionError(
-                f"MuJoCo could not open an offscreen OpenGL context (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: "
-                f"{type(exc).__name__}: {exc}). Install OSMesa (`apt-get install libosmesa6`) and set "
-                "MUJOCO_GL=osmesa, or MUJOCO_GL=egl on a GPU machine.") from None
+            raise VideoActionError(_gl_help(exc)) from None
         self.action_space = gym.spaces.Box(-1, 1, (4,), np.float32)
         self.observation_space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
                                                   "state": gym.spaces.Box(-np.inf, np.inf, (39,), np.float32)})
