@@ -354,7 +354,8 @@ def test_non_finite_model_output_is_an_error_not_a_reply(tmp_path):
 
 def test_event_loop_stays_responsive_during_inference(tmp_path):
     """Inference runs on a worker thread: health checks and new connections are served while the model works."""
-    slow = tiny_policy(seed=3, directory=tmp_path, sample_steps=100)  # ~0.3-1 s per forward pass here
+    # the unshrunk dp-tiny with 100 sampling steps: ~1 s per forward pass on 2 idle cores
+    slow = tiny_policy(seed=3, directory=tmp_path, sample_steps=100, shrink=False)
     with ServerThread(slow, ServeConfig(port=0, warmup=False)) as srv, PolicyClient("127.0.0.1", srv.port) as client:
         obs = random_observation(client.metadata, np.random.default_rng(0))
         done = {}

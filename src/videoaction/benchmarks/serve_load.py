@@ -18,9 +18,10 @@ import torch
 from videoaction.models.base import Policy, load_policy
 
 
-def tiny_policy(seed: int = 0, directory=None, image_size: int = 32, sample_steps: int = 2) -> Policy:
-    """A tiny real Diffusion Policy (preset ``dp-tiny`` shrunk), normaliser fitted to a PushT-like range [0, 512],
-    saved with ``save_pretrained`` and loaded back through :func:`load_policy` (the serving path)."""
+def tiny_policy(seed: int = 0, directory=None, image_size: int = 32, sample_steps: int = 2,
+                shrink: bool = True) -> Policy:
+    """A tiny real Diffusion Policy (preset ``dp-tiny``, shrunk unless ``shrink=False``), normaliser fitted to a
+    PushT-like range [0, 512], saved with ``save_pretrained`` and loaded back through :func:`load_policy`."""
     from videoaction.data.normalizer import Normalizer
     from videoaction.models.dp.config import dp_tiny
     from videoaction.models.dp.policy import DiffusionPolicy
@@ -28,8 +29,10 @@ def tiny_policy(seed: int = 0, directory=None, image_size: int = 32, sample_step
     torch.manual_seed(seed)
     cfg = dp_tiny()
     m = cfg.model
-    m.backbone_width, m.down_dims, m.step_embed_dim = 8, (16, 32), 16
-    m.num_keypoints, m.image_feature_dim, m.obs_image_size = 8, 16, image_size
+    if shrink:
+        m.backbone_width, m.down_dims, m.step_embed_dim = 8, (16, 32), 16
+        m.num_keypoints, m.image_feature_dim = 8, 16
+    m.obs_image_size = image_size
     m.sampler, m.ddim_steps = "ddim", sample_steps
     cfg.dataset.image_size = image_size
     policy = DiffusionPolicy(cfg)
