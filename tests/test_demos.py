@@ -11,7 +11,7 @@ pytest.importorskip("gym_pusht")
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 
 from videoaction.data.store import EpisodeStore  # noqa: E402
-from videoaction.demos.cli import generate, main  # noqa: E402
+from videoaction.demos.cli import generate_kind as generate, main  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
@@ -31,8 +31,11 @@ def test_pusht_short_episodes(tmp_path):
     from videoaction.demos.pusht_expert import LOCAL_KEYPOINTS9, to_world
 
     np.testing.assert_allclose(ep["keypoint"][0], to_world(LOCAL_KEYPOINTS9, ep["state"][0, 2:]), atol=1e-2)
-    assert s.episode_meta(1) == {"success": False, "seed": 1, "task": "pusht",
-                                 "language": s.episode_meta(1)["language"]}
+    meta = s.episode_meta(1)
+    assert {k: meta[k] for k in ("success", "seed", "task", "length")} == {"success": False, "seed": 1,
+                                                                           "task": "pusht", "length": 12}
+    np.testing.assert_allclose([meta["goal_x"], meta["goal_y"], meta["goal_theta"]], [256, 256, np.pi / 4])
+    assert "T-shaped" in meta["language"]
 
 
 def test_pusht_m_and_metaworld_short(tmp_path):
@@ -48,7 +51,7 @@ def test_pusht_m_and_metaworld_short(tmp_path):
     assert s.n_episodes == 2 and s.n_steps <= 16
     assert {k: s.spec(k) for k in s.keys} == {"img": ((24, 24, 3), np.uint8), "state": ((39,), np.float32),
                                               "action": ((4,), np.float32)}
-    assert sorted(s.meta_column("task")) == ["drawer-close-v3", "reach-v3"]
+    assert sorted(s.meta_column("task")) == ["drawer-close", "reach"]
     assert all(len(x) > 5 for x in s.meta_column("language"))
 
 
@@ -63,7 +66,7 @@ def test_resume_after_interrupt_no_duplicates(tmp_path):
     with pytest.raises(Exception):
         EpisodeStore.open(out)  # read-only open refuses the half-written tail
     st = generate("pusht", str(out), episodes=4, seed=10, **kw)
-    assert st["skipped"] == 2 and st["attempted"] == 2
+    assert st["skipped_already_done"] == 2 and st["attempted"] == 2
     s = EpisodeStore.open(out)
     assert list(s.meta_column("seed")) == [10, 11, 12, 13] and s.n_steps == 16
     # deterministic: the same seed regenerated elsewhere gives the same episode

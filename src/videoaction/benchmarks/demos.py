@@ -16,7 +16,7 @@ import numpy as np
 
 def _one(kind: str, episodes: int, tasks=None, image_size: int = 96) -> dict:
     from videoaction.data.store import EpisodeStore
-    from videoaction.demos.cli import generate
+    from videoaction.demos.cli import generate_kind as generate
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "demos.zarr")

@@ -44,6 +44,10 @@ def make_env(spec: str, seed: int | None = None, **kw) -> gym.Env:
     ``image_size``, ``camera`` ("corner2"), ``max_steps`` (500), ``goal_observable`` (True).
     """
     name, _, variant = spec.partition(":")
+    for base in ("pusht-m", "pusht"):  # dash form: pusht-bg-color, pusht-m-goal-color, ...
+        if not variant and name.startswith(base + "-") and name != "pusht-m":
+            name, variant = base, name[len(base) + 1:]
+            break
     if name in PUSHT_SPECS:
         from videoaction.envs.pusht import PushTVisualConfig, VAPushTEnv
 

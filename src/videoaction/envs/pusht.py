@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gym_pusht.envs.pusht import PushTEnv
 
-VARIANTS = ("bg-color", "distractors", "goal-color")
+VARIANTS = ("bg-color", "bg-objects", "goal-color")  # "distractors" = "bg-objects"
 
 
 @dataclass
@@ -28,6 +28,7 @@ class PushTVisualConfig:
         if name in (None, ""):
             return cls()
         table = {"bg-color": cls(bg_color=(205, 225, 250)), "distractors": cls(n_distractors=4),
+                 "bg-objects": cls(n_distractors=4),
                  "goal-color": cls(goal_color=(250, 200, 120))}
         if name not in table:
             from videoaction.data.errors import VideoActionError
