@@ -64,6 +64,8 @@ class MetaworldEnv(gym.Env):
         except (RuntimeError, ImportError) as exc:
             raise VideoActionError(_gl_help(exc)) from None
 
+        if task not in ALL_V3_ENVIRONMENTS and f"{task}-v3" in ALL_V3_ENVIRONMENTS:
+            task = f"{task}-v3"  # short names as stored in demo metadata ("reach")
         if task not in ALL_V3_ENVIRONMENTS:
             raise VideoActionError(f"unknown Metaworld task {task!r}; valid: {', '.join(sorted(ALL_V3_ENVIRONMENTS))}")
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
