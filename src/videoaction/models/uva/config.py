@@ -131,7 +131,7 @@ def _uva_dataset(image_size: int, **kw) -> DatasetConfig:
 
 def uva_tiny() -> UVARunConfig:
     """CPU: small autoencoder (stride 8, 8 channels) at 64 px -> 8 x 8 tokens per frame, tiny transformer."""
-    return UVARunConfig(
+    cfg = UVARunConfig(
         preset="uva-tiny", steps=3000, save_every=500, log_every=10,
         dataset=_uva_dataset(64),
         optim=OptimConfig(batch_size=32, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.02, warmup_steps=100,
@@ -139,6 +139,10 @@ def uva_tiny() -> UVARunConfig:
         model=model_config("tiny", tokenizer=TokenizerConfig(kind="small", path=None, latent_channels=8, stride=8),
                            attn_dropout=0.0, proj_dropout=0.0, history_drop_prob=0.1),
     )
+    # Unlike the reference (no clipping for video), clip the predicted x0 to +-3 (latents have unit std): briefly
+    # trained DDPM heads otherwise blow up at t = 999 (measured: held-out PSNR 13.5 dB unclipped vs 25.1 dB).
+    cfg.model.video_head.clip_denoised, cfg.model.video_head.clip_range = True, 3.0
+    return cfg
 
 
 def uva_tiny_video() -> UVARunConfig:
