@@ -129,6 +129,11 @@ class Policy(nn.Module):
         atomic_write_json(directory / CONFIG_FILE, cfg)
 
     @classmethod
+    def _build_from_state(cls, run: Any, state: Mapping[str, torch.Tensor], source: str) -> "Policy":
+        """The model a checkpoint's weights will be loaded into (override to build parts from the weights)."""
+        return cls(run)
+
+    @classmethod
     def from_checkpoint(cls, directory, cfg: Mapping[str, Any], prefer_ema: bool = True,
                         map_location: str | torch.device = "cpu") -> "Policy":
         """Build the model from the stored run config and load its weights strictly."""
@@ -136,14 +141,15 @@ class Policy(nn.Module):
         from videoaction.utils.io import load_state_dict
 
         directory = Path(directory)
-        model = cls(from_dict(cls.config_class, cfg, where=str(directory / CONFIG_FILE)))
+        run = from_dict(cls.config_class, cfg, where=str(directory / CONFIG_FILE))
         weights = directory / (EMA_FILE if prefer_ema and (directory / EMA_FILE).is_file() else MODEL_FILE)
-        state = load_state_dict(weights, map_location=map_location)
+        state = load_state_dict(weights, map_location="cpu")
+        model = cls._build_from_state(run, state, str(weights))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise VideoActionError(f"{weights}: weights do not match the {cls.family} model in its config: "
-                                   f"missing {sorted(missing)[:10]}{'...' if len(missing) > 10 else ''}, "
-                                   f"unexpected {sorted(unexpected)[:10]}{'...' if len(unexpected) > 10 else ''}")
+                                   f"{len(missing)} missing {sorted(missing)[:10]}, "
+                                   f"{len(unexpected)} unexpected {sorted(unexpected)[:10]}")
         return model.to(map_location).eval()
 
 

@@ -149,27 +149,10 @@ class UVAPolicy(UVASamplingMixin, Policy):
         return meta
 
     @classmethod
-    def from_checkpoint(cls, directory, cfg: Mapping[str, Any], prefer_ema: bool = True,
-                        map_location: str | torch.device = "cpu") -> "UVAPolicy":
-        """Rebuild from ``config.json`` (tokenizer weights come from the checkpoint, not from its original path)."""
-        from pathlib import Path
-
-        from videoaction.config import from_dict
-        from videoaction.models.base import CONFIG_FILE, EMA_FILE, MODEL_FILE
-        from videoaction.utils.io import load_state_dict
-
-        directory = Path(directory)
-        run = from_dict(cls.config_class, cfg, where=str(directory / CONFIG_FILE))
-        weights = directory / (EMA_FILE if prefer_ema and (directory / EMA_FILE).is_file() else MODEL_FILE)
-        state = load_state_dict(weights, map_location="cpu")
+    def _build_from_state(cls, run, state: Mapping[str, torch.Tensor], source: str) -> "UVAPolicy":
+        """Tokenizer weights come from the checkpoint itself, not from the tokenizer's original path."""
         tok_sd = {k[len("tokenizer."):]: v for k, v in state.items() if k.startswith("tokenizer.")}
-        model = cls(run, tokenizer=tokenizer_from_state(run.model.tokenizer, tok_sd, str(weights)))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise VideoActionError(f"{weights}: weights do not match the uva model in its config: "
-                                   f"{len(missing)} missing {sorted(missing)[:10]}, "
-                                   f"{len(unexpected)} unexpected {sorted(unexpected)[:10]}")
-        return model.to(map_location).eval()
+        return cls(run, tokenizer=tokenizer_from_state(run.model.tokenizer, tok_sd, source))
 
     # ------------------------------------------------------------------------------------------ encoding
     @torch.no_grad()
