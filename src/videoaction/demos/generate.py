@@ -139,19 +139,9 @@ def resolve_tasks(kind: str, tasks: list[str] | None) -> list[str]:
     """Metaworld task names (``-v3`` names) from ``mt10``/``mt50``/names; ``[kind]`` for PushT."""
     if kind != "metaworld":
         return [kind]
-    from videoaction.data.errors import VideoActionError
-    from videoaction.envs import mt10_tasks, mt50_tasks
+    from videoaction.envs.metaworld import resolve_tasks as metaworld_tasks
 
-    out: list[str] = []
-    for t in tasks or ["mt10"]:
-        if t.lower() in ("mt10", "mt50"):
-            out += mt10_tasks() if t.lower() == "mt10" else mt50_tasks()
-        else:
-            name = t if t.endswith("-v3") else f"{t}-v3"
-            if name not in mt50_tasks():
-                raise VideoActionError(f"unknown Metaworld task {t!r}; valid: mt10, mt50, {', '.join(mt50_tasks())}")
-            out.append(name)
-    return list(dict.fromkeys(out))
+    return [f"{t}-v3" for t in metaworld_tasks(tasks or ["mt10"])]
 
 
 def generate(jobs: list[tuple], out, keep_failed: bool = False, workers: int = 1, progress: bool = True,

@@ -51,6 +51,26 @@ def mt50() -> list[str]:
     return _task_names()
 
 
+def resolve_tasks(names) -> list[str]:
+    """Short task names (``reach``) from a list or comma-separated string of names (``reach`` / ``reach-v3``) and
+    the sets ``mt10`` / ``mt50``; an unknown name is an error listing the valid ones."""
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    valid = _task_names()
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        if name.lower() in ("mt10", "mt50"):
+            out += [t.removesuffix("-v3") for t in (MT10 if name.lower() == "mt10" else valid)]
+            continue
+        full = name if name.endswith("-v3") else f"{name}-v3"
+        if full not in valid:
+            raise VideoActionError(f"unknown Metaworld task {name!r}; valid: mt10, mt50, "
+                                   f"{', '.join(t.removesuffix('-v3') for t in valid)}")
+        out.append(full.removesuffix("-v3"))
+    return list(dict.fromkeys(out))
+
+
 class MetaworldEnv(gym.Env):
     """One Metaworld task; ``reset(seed)`` draws the object/goal positions from that seed."""
 

@@ -250,9 +250,11 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
             histories[i] = {k: deque([v] * T, maxlen=T) for k, v in obs_i.items()}
             actions_q[i].clear()
             cov = info_i.get("coverage")
+            # max / final coverage count the steps only (DP's score is the max of per-step rewards): a start that
+            # happens to overlap the goal must not score by itself
             stats[i] = {"seed": slot_seed[i], "task": spec, "success": False, "steps": 0, "sum_reward": 0.0,
-                        "max_reward": -np.inf, "max_coverage": float(cov) if cov is not None else None,
-                        "final_coverage": float(cov) if cov is not None else None}
+                        "max_reward": -np.inf, "initial_coverage": float(cov) if cov is not None else None,
+                        "max_coverage": None, "final_coverage": None}
             if slot_ep[i] is not None and slot_ep[i] < record_video:
                 frames[slot_ep[i]] = [np.asarray(obs_i["image"]).copy()] if "image" in obs_i else []
 
