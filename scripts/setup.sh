@@ -53,7 +53,7 @@ fi
 
 # 2. The package.
 EXTRAS="sim"
-[ "$DEV" = 1 ] && EXTRAS="sim,dev"
+[ "$DEV" = 1 ] && EXTRAS="sim,lang,dev"  # lang: the CLIP text-encoder tests load a tiny local CLIP
 echo "==> installing videoaction[$EXTRAS]"
 $PY -m pip install -q -e ".[$EXTRAS]"
 
