@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from videoaction.data.errors import VideoActionError
+from videoaction.utils.io import atomic_path
 
 
 def _check_frames(frames, name: str = "frames") -> np.ndarray:
@@ -38,25 +37,16 @@ def write_mp4(path, frames, fps: int = 10, crf: int = 22, codec: str = "libx264"
 
     f = _pad_even(_check_frames(frames))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w") as container:
-            stream = container.add_stream(codec, rate=int(fps))
-            stream.width, stream.height = f.shape[2], f.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for frame in f:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_path(path, suffix=".mp4") as tmp, av.open(tmp, mode="w") as container:
+        stream = container.add_stream(codec, rate=int(fps))
+        stream.width, stream.height = f.shape[2], f.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in f:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        for packet in stream.encode():
+            container.mux(packet)
     return path
 
 
@@ -79,16 +69,8 @@ def save_png(path, image) -> Path:
     if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
         raise VideoActionError(f"save_png {path}: expected uint8 (H, W, 3), found {img.dtype} {img.shape}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

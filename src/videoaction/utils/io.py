@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -14,20 +15,35 @@ from safetensors.torch import load_file, save_file
 from videoaction.data.errors import VideoActionError
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = ".tmp"):
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on error it is removed.
+
+    ``suffix`` keeps the extension writers look at (e.g. ``.mp4`` for PyAV, ``.png`` for Pillow).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the permissions of a normal file
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_json(path, obj: Any) -> None:
@@ -44,17 +60,9 @@ def _json_default(obj):
 
 def save_state_dict(state: Mapping[str, torch.Tensor], path, metadata: Mapping[str, str] | None = None) -> None:
     """Save tensors as safetensors atomically (tensors made contiguous and un-shared)."""
-    path = Path(path)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_state_dict(path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
