@@ -145,12 +145,16 @@ def uva_tiny() -> UVARunConfig:
     return cfg
 
 
-def uva_tiny_video() -> UVARunConfig:
-    cfg = uva_tiny()
-    cfg.preset = "uva-tiny-video"
+def video_stage(cfg: UVARunConfig, preset: str) -> UVARunConfig:
+    """Stage 1 of a preset: ``video_model`` only, no action head (stage 2 starts from it with ``--init``)."""
+    cfg.preset = preset
     cfg.model.predict_action = False
     cfg.model.task_modes = ("video_model",)
     return cfg
+
+
+def uva_tiny_video() -> UVARunConfig:
+    return video_stage(uva_tiny(), "uva-tiny-video")
 
 
 def uva_base() -> UVARunConfig:
@@ -166,11 +170,7 @@ def uva_base() -> UVARunConfig:
 
 
 def uva_base_video() -> UVARunConfig:
-    cfg = uva_base()
-    cfg.preset = "uva-base-video"
-    cfg.model.predict_action = False
-    cfg.model.task_modes = ("video_model",)
-    return cfg
+    return video_stage(uva_base(), "uva-base-video")
 
 
 def uva_base_lang() -> UVARunConfig:
