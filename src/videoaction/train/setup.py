@@ -63,7 +63,7 @@ def _tokenizer_cfg(cfg):
 
 # ------------------------------------------------------------------------------------------ stage 0 / latents
 def prepare_tokenizer(cfg, run_dir: Path, store: EpisodeStore, steps: int, batch_size: int, log: Log,
-                      is_main: bool, wait: Callable[[], None]) -> dict | None:
+                      is_main: bool, wait: Callable[[], None], progress: bool = True) -> dict | None:
     """Stage 0 or latent-cache match; mutates ``cfg.model.tokenizer``. Returns a report dict (or None)."""
     tok = _tokenizer_cfg(cfg)
     if tok is None:
@@ -93,7 +93,7 @@ def prepare_tokenizer(cfg, run_dir: Path, store: EpisodeStore, steps: int, batch
             results: list = []
             train_tokenizer(cfg.data, out, dataclasses.replace(tok, path=None), steps=steps, batch_size=batch_size,
                             image_key=cfg.dataset.image_key, image_size=cfg.dataset.image_size, seed=cfg.seed,
-                            log=log, result=results)
+                            log=log, result=results, progress=progress)
             if results:
                 r = results[0]
                 report.update(psnr_val=r.psnr_val, psnr_init=r.psnr_init, scale=r.scale,

@@ -135,7 +135,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         store = EpisodeStore.open(cfg.data)
         tok = prepare_tokenizer(cfg, self.run_dir, store, opts.tokenizer_steps, opts.tokenizer_batch_size,
-                                self.log, self.main, self.acc.wait_for_everyone)
+                                self.log, self.main, self.acc.wait_for_everyone, progress=opts.progress)
         if tok:
             self.reports["tokenizer"] = tok
         self.dataset = SequenceDataset(store, cfg.dataset, split="train", seed=cfg.seed)
