@@ -105,3 +105,21 @@ def test_no_opengl_backend_error_says_how_to_fix():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MUJOCO_GL": "no-such-backend"},
                          capture_output=True, text=True, timeout=120).stdout
     assert "libosmesa6" in out and "MUJOCO_GL=osmesa" in out
+
+
+def test_headless_machines_default_to_osmesa_before_mujoco_is_imported():
+    """`videoaction demos metaworld` in a plain shell (no DISPLAY, no MUJOCO_GL): task names are resolved (which
+    imports mujoco) only after the backend is chosen, so rendering works afterwards."""
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom videoaction.envs.metaworld import resolve_tasks\nresolve_tasks('reach')\n"
+            "print(os.environ.get('MUJOCO_GL'))\nfrom videoaction.envs import make_env\n"
+            "env = make_env('metaworld:reach', image_size=16)\nobs, _ = env.reset(seed=0)\nprint(obs['image'].shape)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "DISPLAY", "WAYLAND_DISPLAY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["osmesa", "(16,", "16,", "3)"], out.stderr[-2000:]
+    keep = subprocess.run([sys.executable, "-c", "import os\nfrom videoaction.envs.metaworld import ensure_headless_gl\n"
+                           "ensure_headless_gl()\nprint(os.environ['MUJOCO_GL'])"],
+                          env={**env, "MUJOCO_GL": "egl"}, capture_output=True, text=True, timeout=60)
+    assert keep.stdout.strip() == "egl"  # a user's choice is kept

@@ -34,7 +34,9 @@ def _one(kind: str, episodes: int, tasks=None, image_size: int = 96) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    from videoaction.envs.metaworld import ensure_headless_gl
+
+    ensure_headless_gl()
     rows = [_one("pusht", 10 if quick else 100), _one("pusht-m", 3 if quick else 20)]
     try:
         import metaworld  # noqa: F401

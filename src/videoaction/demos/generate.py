@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -110,7 +109,9 @@ def run_job(job: tuple) -> tuple:
 
 
 def init_worker() -> None:
-    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    from videoaction.envs.metaworld import ensure_headless_gl
+
+    ensure_headless_gl()
     try:
         import torch
 

@@ -13,7 +13,15 @@ MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3"
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
 
 
+def ensure_headless_gl() -> None:
+    """Without a display and without a user choice, render MuJoCo with OSMesa (CPU). Must run before the first
+    ``import mujoco`` of the process: MuJoCo picks its GL backend once, at import."""
+    if "MUJOCO_GL" not in os.environ and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ["MUJOCO_GL"] = "osmesa"
+
+
 def _task_names() -> list[str]:
+    ensure_headless_gl()
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
     return list(ALL_V3_ENVIRONMENTS.keys())
@@ -78,7 +86,7 @@ class MetaworldEnv(gym.Env):
 
     def __init__(self, task: str, image_size: int | tuple[int, int] = 96, camera: str = "corner2",
                  max_steps: int = 500, goal_observable: bool = True):
-        os.environ.setdefault("MUJOCO_GL", "osmesa")
+        ensure_headless_gl()
         try:
             from metaworld.env_dict import ALL_V3_ENVIRONMENTS
         except (RuntimeError, ImportError) as exc:

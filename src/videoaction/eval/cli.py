@@ -13,7 +13,6 @@ Writes ``results.json`` (simulator), ``video_results.json`` (--video), videos / 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from videoaction.data.errors import VideoActionError
@@ -114,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         raise VideoActionError("--video needs --checkpoint DIR and --data STORE")
     if args.policy == "mean-action" and args.data is None:
         raise VideoActionError("--policy mean-action needs --data STORE (the mean action of its episodes)")
-    if args.env and "MUJOCO_GL" not in os.environ and not _has_display():
-        os.environ["MUJOCO_GL"] = "osmesa"  # headless MuJoCo rendering (Metaworld)
+    if args.env:
+        from videoaction.envs.metaworld import ensure_headless_gl
+
+        ensure_headless_gl()  # before anything imports mujoco
     from videoaction.eval.baselines import MeanActionPolicy, RandomPolicy, baseline_policies
     from videoaction.eval.report import write_report
     from videoaction.eval.runner import default_seeds, evaluate_policy
@@ -181,10 +182,6 @@ def _guess_run_dir(given: Path, ckpt_dir: Path) -> Path | None:
         if (d / "metrics.jsonl").is_file():
             return d
     return None
-
-
-def _has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def _print_metrics(name: str, results: dict) -> None:
