@@ -38,6 +38,22 @@ def test_pusht_short_episodes(tmp_path):
     assert "T-shaped" in meta["language"]
 
 
+def test_expert_moves_its_target_like_a_hand(tmp_path):
+    """The commanded target never jumps more than ``max_target_speed`` px per step, starting at the agent."""
+    from videoaction.demos.pusht_expert import ExpertConfig, PushTExpert
+
+    ex = PushTExpert(ExpertConfig(max_target_speed=25.0))
+    r = ex.ramp([0.0, 0.0], [60.0, 80.0])  # 100 px -> 4 steps of 25 px
+    np.testing.assert_allclose(r, [[15, 20], [30, 40], [45, 60], [60, 80]])
+    assert len(ex.push_actions([0, 0], [10, 0])) == ex.cfg.push_steps  # short push: ramp, then hold
+    assert len(PushTExpert(ExpertConfig(max_target_speed=None)).ramp([0, 0], [60, 80])) == 1  # the old jumps
+    out = tmp_path / "p.zarr"
+    generate("pusht", str(out), episodes=1, seed=3, keep_failed=True, image_size=32, max_steps=60, progress=False)
+    ep = EpisodeStore.open(out).get_episode(0)
+    targets = np.concatenate([ep["state"][:1, :2], ep["action"]])  # the agent's start, then every command
+    assert np.linalg.norm(np.diff(targets, axis=0), axis=1).max() <= 25.0 + 1e-3
+
+
 def test_pusht_m_and_metaworld_short(tmp_path):
     out = tmp_path / "m.zarr"
     generate("pusht-m", str(out), episodes=1, seed=3, keep_failed=True, image_size=32, max_steps=5, progress=False)

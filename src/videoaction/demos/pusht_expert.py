@@ -185,6 +185,9 @@ class ExpertConfig:
     step_penalty: float = 0.25  # px of keypoint cost per env step
     success_threshold: float = 0.95
     max_steps: int = 300
+    # The commanded target moves at most this many px per step (a hand on a mouse), so actions are continuous
+    # ramps instead of jumps between waypoints; None = jump straight to each waypoint (the first version).
+    max_target_speed: float | None = 25.0
 
 
 @dataclass
@@ -283,18 +286,38 @@ class PushTExpert:
                     return 0.0, True, t + 1
         return self._final_cost(), False, len(actions)
 
+    def ramp(self, frm, to) -> list[np.ndarray]:
+        """Targets from ``frm`` (excluded) to ``to`` (included), at most ``max_target_speed`` px apart."""
+        to = np.asarray(to, dtype=np.float64)
+        v = self.cfg.max_target_speed
+        if v is None:
+            return [to]
+        frm = np.asarray(frm, dtype=np.float64)
+        n = max(1, math.ceil(float(np.linalg.norm(to - frm)) / v))
+        return [frm + (to - frm) * (k / n) for k in range(1, n + 1)]
+
+    def push_actions(self, start, target) -> list[np.ndarray]:
+        """The push: ramp from the start point to the target, then hold it; ``push_steps`` or the ramp's length."""
+        acts = self.ramp(start, target)
+        return acts + [acts[-1]] * max(0, self.cfg.push_steps - len(acts))
+
     def _approach_actions(self, state, path) -> list[np.ndarray] | None:
         """Simulate following the waypoints; return the actions (agent settles at the last one)."""
         sim = self.sim
         sim.set_state(state)
         actions = []
+        cur = np.asarray(state[0], dtype=np.float64)  # the commanded target starts at the agent
         for k, wp in enumerate(path):
             last = k == len(path) - 1
             tol = 2.5 if last else 12.0
+            for a in self.ramp(cur, wp)[:-1]:  # moving the target; the hold below ends on wp itself
+                actions.append(a)
+                sim.step(a)
+            cur = np.asarray(wp, dtype=np.float64)
             for _ in range(8):
-                actions.append(wp)
-                sim.step(wp)
-                if np.linalg.norm(sim.agent_pos() - wp) < tol:
+                actions.append(cur)
+                sim.step(cur)
+                if np.linalg.norm(sim.agent_pos() - cur) < tol:
                     break
         return actions
 
@@ -317,8 +340,8 @@ class PushTExpert:
             for d in dists:
                 target = s - normals_w[i] * (cfg.start_margin + d)
                 sim.set_state(base)
-                for _ in range(cfg.push_steps):
-                    sim.step(target)
+                for a in self.push_actions(s, target):
+                    sim.step(a)
                 c = keypoint_cost(sim.block_pose(), goal)
                 scored.append((c, int(i), float(d)))
         scored.sort()
@@ -334,7 +357,7 @@ class PushTExpert:
             seen += 1
             acts = self._approach_actions(state, path)
             target = s - normals_w[i] * (cfg.start_margin + d)
-            acts = acts + [target] * cfg.push_steps
+            acts = acts + self.push_actions(s, target)
             acts = acts[:steps_left]
             c, ok, n = self._rollout(state, acts, check_success=True)
             score = -1e6 + n if ok else c + cfg.step_penalty * len(acts)
