@@ -26,7 +26,7 @@ def _tiny_uva(image_size: int = 32, obs_size: int = 32):
     m.video_head = DiffusionHeadConfig(width=32, depth=1, sample_steps=3)
     m.action_head = DiffusionHeadConfig(width=32, depth=1, sample_steps=3, clip_denoised=True)
     m.n_actions, m.n_action_steps, m.obs_image_size = 8, 4, obs_size
-    m.tokenizer.channels = (8, 8, 8)
+    m.tokenizer.channels, m.tokenizer.stride = (8, 8, 8), 8  # 4 x 4 tokens at 32 px
     torch.manual_seed(0)
     return UVAPolicy(cfg, allow_random_tokenizer=True).eval()
 
@@ -61,7 +61,8 @@ def test_video_eval_held_out_with_baselines(tmp_path):
     assert res["episodes"] == held and res["n_windows"] == 4
     assert all(e in held for e, _ in res["windows"])
     for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "delta_psnr", "inverse_dynamics_mse",
-              "inverse_dynamics_mse_mean_action", "inverse_dynamics_mse_norm"):
+              "action_mse_mean_action", "inverse_dynamics_mse_norm", "policy_mse", "policy_mse_norm",
+              "action_mse_norm_mean_action"):
         assert np.isfinite(m[k]), k
     # the copy-last-frame baseline recomputed independently from the store
     from videoaction.data.store import EpisodeStore

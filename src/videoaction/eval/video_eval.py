@@ -158,7 +158,7 @@ def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = 
              f"{pos[:nh].tolist()}, future {pos[nh:].tolist()}; frames at the model resolution {real.shape[2:4]}; "
              f"predict_video num_iter={num_iter}, cfg={cfg}, temperature={temperature}, seed={seed}."]
     _inverse_dynamics(policy, store, ds, eps, img[:, pos[:nh]], img[:, pos[nh:]], true_a, language, gen, batch_size,
-                      m, notes)
+                      m, notes, obs_all=obs_all)
     _feature_metrics(pred, real, copy_last, lpips_path, i3d_path, m, notes, policy.device)
     table = _table(m)
     grids = []
@@ -176,40 +176,61 @@ def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = 
     return res
 
 
-def _inverse_dynamics(policy, store, ds, eps, hist, real, true_a, language, gen, batch_size, m, notes) -> None:
-    """hist / real: raw store frames uint8 (N, Th|Tf, H, W, 3) (the model applies its own transform)."""
-    if not hasattr(policy, "inverse_dynamics"):
-        notes.append("inverse dynamics: this model family has none")
-        return
+def _inverse_dynamics(policy, store, ds, eps, hist, real, true_a, language, gen, batch_size, m, notes,
+                      obs_all=None) -> None:
+    """Action errors next to the mean-action baseline: the policy (``predict_action`` from the history only) and
+    inverse dynamics (history + real future frames). hist / real: raw store frames uint8 (N, Th|Tf, H, W, 3)."""
     from videoaction.data.sampler import split_episodes
 
     train, _ = split_episodes(store.n_episodes, ds.val_ratio, ds.split_seed, ds.max_train_episodes)
     train_eps = [int(i) for i in np.nonzero(train)[0] if int(i) not in set(eps)] or list(range(store.n_episodes))
     mean_a = np.concatenate([store.get_episode(e, [ds.action_key])[ds.action_key] for e in train_eps]).mean(0)
+    base = np.broadcast_to(mean_a.astype(np.float32), true_a.shape)
+    m["action_mse_mean_action"] = float(((base - true_a) ** 2).mean())
+    norm = getattr(policy, "normalizer", None)
+
+    def nz(x):
+        with torch.no_grad():
+            return norm.normalize("action", torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(
+                policy.device)).cpu().numpy()
+
+    has_norm = norm is not None and hasattr(norm, "normalize")
+    tn = nz(true_a) if has_norm else None
+    if has_norm:
+        m["action_mse_norm_mean_action"] = float(((nz(base) - tn) ** 2).mean())
+
+    def record(prefix: str, chunks: list) -> None:
+        pa = np.concatenate(chunks)[:, : true_a.shape[1]]
+        m[f"{prefix}_mse"] = float(((pa - true_a) ** 2).mean())
+        if has_norm:
+            m[f"{prefix}_mse_norm"] = float(((nz(pa) - tn) ** 2).mean())
+
+    def as_np(a):
+        return a.detach().float().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+    if obs_all is not None and hasattr(policy, "predict_action"):
+        preds = []
+        for i in range(0, true_a.shape[0], batch_size):
+            sl = slice(i, i + batch_size)
+            obs = {k: torch.from_numpy(np.ascontiguousarray(v[sl])) for k, v in obs_all.items()}
+            if language is not None:
+                obs["language"] = language[sl]
+            preds.append(as_np(policy.predict_action(obs, generator=gen)["action_pred"]))
+        record("policy", preds)
+    if not hasattr(policy, "inverse_dynamics"):
+        notes.append("inverse dynamics: this model family has none")
+        return
     preds = []
     try:
         for i in range(0, hist.shape[0], batch_size):
             sl = slice(i, i + batch_size)
             kw = {"language": language[sl]} if language is not None else {}
             out = policy.inverse_dynamics(torch.from_numpy(hist[sl]), torch.from_numpy(real[sl]), generator=gen, **kw)
-            a = out["action_pred"] if isinstance(out, dict) else out
-            preds.append(a.detach().float().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a))
+            preds.append(as_np(out["action_pred"] if isinstance(out, dict) else out))
     except VideoActionError as exc:
         notes.append(f"inverse dynamics skipped: {exc}")
         return
-    pa = np.concatenate(preds)[:, : true_a.shape[1]]
-    base = np.broadcast_to(mean_a.astype(np.float32), true_a.shape)
-    m["inverse_dynamics_mse"] = float(((pa - true_a) ** 2).mean())
-    m["inverse_dynamics_mse_mean_action"] = float(((base - true_a) ** 2).mean())
-    norm = getattr(policy, "normalizer", None)
-    if norm is not None and hasattr(norm, "normalize"):
-        def nz(x):
-            with torch.no_grad():
-                return norm.normalize("action", torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(
-                    policy.device)).cpu().numpy()
-        tn = nz(true_a)
-        m["inverse_dynamics_mse_norm"] = float(((nz(pa) - tn) ** 2).mean())
-        m["inverse_dynamics_mse_norm_mean_action"] = float(((nz(base) - tn) ** 2).mean())
+    record("inverse_dynamics", preds)
 
 
 def _feature_metrics(pred, real, copy_last, lpips_path, i3d_path, m, notes, device) -> None:
@@ -235,12 +256,13 @@ def _table(m: dict) -> list[dict]:
         {"metric": "controllability ΔPSNR (true − shuffled actions, dB) ↑", "model": m["delta_psnr"],
          "baseline": 0.0, "baseline is": "a model ignoring actions"},
     ]
-    if "inverse_dynamics_mse" in m:
-        rows.append({"metric": "inverse-dynamics action MSE (raw units) ↓", "model": m["inverse_dynamics_mse"],
-                     "baseline": m["inverse_dynamics_mse_mean_action"], "baseline is": "mean training action"})
-    if "inverse_dynamics_mse_norm" in m:
-        rows.append({"metric": "inverse-dynamics action MSE (normalised) ↓", "model": m["inverse_dynamics_mse_norm"],
-                     "baseline": m["inverse_dynamics_mse_norm_mean_action"], "baseline is": "mean training action"})
+    labels = {"policy": "policy action MSE (from the history only, {}) ↓",
+              "inverse_dynamics": "inverse-dynamics action MSE ({}) ↓"}
+    for key, label in labels.items():
+        for suffix, units in (("_mse", "raw units"), ("_mse_norm", "normalised")):
+            if key + suffix in m:
+                rows.append({"metric": label.format(units), "model": m[key + suffix],
+                             "baseline": m[f"action{suffix}_mean_action"], "baseline is": "mean training action"})
     if "lpips" in m:
         rows.append({"metric": "LPIPS ↓", "model": m["lpips"], "baseline": m["lpips_copy_last"],
                      "baseline is": "copy last frame"})
