@@ -302,7 +302,7 @@ def _tiny_language_uva(directory):
     m.video_head = DiffusionHeadConfig(width=32, depth=1, sample_steps=2)
     m.action_head = DiffusionHeadConfig(width=32, depth=1, sample_steps=2, clip_denoised=True)
     m.n_actions, m.n_action_steps, m.obs_image_size = 8, 4, 32
-    m.tokenizer.channels = (8, 8, 8)
+    m.tokenizer.channels, m.tokenizer.stride = (8, 8, 8), 8  # 4 x 4 tokens at 32 px
     m.language, m.text.kind, m.text.vocabulary, m.text.dim, m.text_dim = True, "task_embedding", ("push", "pull"), 16, 16
     torch.manual_seed(0)
     UVAPolicy(cfg, allow_random_tokenizer=True).save_pretrained(directory)

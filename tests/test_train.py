@@ -96,7 +96,7 @@ def test_stage0_trains_the_small_tokenizer_first(data, tmp_path):
     store, _ = data
     run = tmp_path / "run"
     cfg = parse_overrides(get_preset("uva-tiny"), ["--data", str(store), "--out", str(run), "--steps", "1",
-                                                   "--model.tokenizer.channels", "8", "16", "32", *TINY_UVA])
+                                                   "--model.tokenizer.channels", "8", "8", "16", "16", *TINY_UVA])
     assert cfg.model.tokenizer.path is None
     result = train(cfg, TrainOptions(progress=False, log=lambda m: None, tokenizer_steps=3, tokenizer_batch_size=8))
     assert (run / "tokenizer" / "tokenizer.json").is_file()
