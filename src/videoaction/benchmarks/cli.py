@@ -10,8 +10,8 @@ Ratios are printed from numbers taken in this same run (the machine is shared an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
-import json
 import time
 from pathlib import Path
 
@@ -90,8 +90,28 @@ def main(argv: list[str]) -> int:
                         help="also train UVA-tiny and DP-C-tiny for the same wall-clock budget and evaluate both")
     parser.add_argument("--quality-minutes", type=float, default=30.0, help="training budget per family (--quality)")
     parser.add_argument("--quality-data", help="demonstration store for --quality (default: generate PushT demos)")
+    parser.add_argument("--targets", action="store_true",
+                        help="the evaluation targets: UVA-tiny on PushT and Metaworld easy tasks for a wall-clock "
+                             "training budget each (writes OUT without .json / targets.json)")
+    parser.add_argument("--targets-minutes", type=float, default=60.0, help="training budget per environment")
+    parser.add_argument("--targets-envs", nargs="+", default=["pusht", "metaworld"], choices=["pusht", "metaworld"])
+    parser.add_argument("--threads", type=int, help="torch threads (e.g. 1 to run two benchmarks side by side)")
     args = parser.parse_args(argv)
 
+    if args.targets:  # a long experiment of its own: nothing else runs beside it
+        from videoaction.benchmarks.targets import QUICK, TargetSizes, print_targets, run_targets
+
+        base = QUICK if args.quick else TargetSizes(minutes=args.targets_minutes)
+        sizes = dataclasses.replace(base, envs=tuple(args.targets_envs), threads=args.threads)
+        summary = run_targets(Path(args.out).with_suffix(""), sizes)
+        summary["machine"] = machine_info()
+        atomic_write_json(Path(args.out), summary)
+        print_targets(summary)
+        return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     errors: list[str] = []
     report: dict = {"latency": [], "training": [], "data": {}, "machine": machine_info(), "quick": args.quick}
     for section in args.sections:
