@@ -97,10 +97,10 @@ def run(quick: bool = True) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         root = Path(tmp)
         store = make_store(root / "store.zarr", n_episodes=6 if quick else 20, length=60, image_size=96)
-        # uva-tiny's tokenizer architecture (stride 8, 8 channels, widths 32/64/128) with fixed untrained
+        # uva-tiny's tokenizer architecture (stride 16, 16 channels, default widths) with fixed untrained
         # weights: throughput does not depend on the weights, and stage 0 is not part of this measurement
         torch.manual_seed(0)
-        tok = Path(save_tokenizer(SmallAutoencoder(8, 8, (32, 64, 128), True, 1.0), root / "tok",
+        tok = Path(save_tokenizer(SmallAutoencoder(16, 16, (), True, 1.0), root / "tok",
                                   extra={"image_size": 64, "image_key": "img"}))
         t0 = time.perf_counter()
         latents = encode_store(store, root / "latents.zarr", str(tok), progress=False, log=lambda m: None)
