@@ -7,7 +7,7 @@ import json
 from videoaction.quickstart import SMOKE, QuickstartSizes, run
 
 
-def test_quickstart_smoke(tmp_path):
+def test_quickstart_smoke(tmp_path, capsys):
     summary = run(tmp_path, QuickstartSizes(**vars(SMOKE)), smoke=True)
     assert (tmp_path / "report" / "report.html").is_file()
     assert json.loads((tmp_path / "summary.json").read_text())["report"] == summary["report"]
@@ -17,5 +17,13 @@ def test_quickstart_smoke(tmp_path):
     for name in ("uva-tiny", "random", "mean-action"):
         assert 0.0 <= summary["pusht"][name]["dp_score"] <= 1.0
     assert {"psnr", "psnr_copy_last", "ssim"} <= set(summary["video"])
+    rows = {r["key"]: r for r in summary["held_out"]}
+    assert set(rows) == {"psnr", "ssim", "policy_mse_norm", "inverse_dynamics_mse_norm"}
+    psnr = rows["psnr"]
+    assert psnr["learned"] == (psnr["model"] > psnr["baseline"]) and psnr["baseline_is"] == "copy last frame"
+    pol = rows["policy_mse_norm"]
+    assert pol["learned"] == (pol["model"] < pol["baseline"]) and pol["baseline_is"] == "mean action"
+    out = capsys.readouterr().out
+    assert "learned?" in out and "policy action MSE" in out and "PushT DP score" in out
     html = (tmp_path / "report" / "report.html").read_text()
     assert "<video" in html and "random" in html and "mean-action" in html

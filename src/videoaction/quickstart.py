@@ -129,11 +129,27 @@ def run(out: Path, sizes: QuickstartSizes, smoke: bool, seed: int = 0) -> dict:
         "pusht": {name: {k: res["metrics"].get(k) for k in ("dp_score", "success_rate")}
                   for name, res in {"uva-tiny": uva, **baselines}.items()},
         "video": video.get("metrics", {}),
+        "held_out": held_out_verdicts(video.get("metrics", {})),
         "timings_s": timings,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _print_summary(summary)
     return summary
+
+
+# (label, model key, baseline key, baseline, +1 if higher is better else -1) in evaluate_video's metrics
+HELD_OUT_ROWS = (("video PSNR (dB) ↑", "psnr", "psnr_copy_last", "copy last frame", 1),
+                 ("video SSIM ↑", "ssim", "ssim_copy_last", "copy last frame", 1),
+                 ("policy action MSE (norm.) ↓", "policy_mse_norm", "action_mse_norm_mean_action", "mean action", -1),
+                 ("inverse dynamics MSE (norm.) ↓", "inverse_dynamics_mse_norm", "action_mse_norm_mean_action",
+                  "mean action", -1))
+
+
+def held_out_verdicts(video: dict) -> list[dict]:
+    """Each held-out metric next to its trivial baseline, and whether the model beats it."""
+    return [{"metric": label, "key": mk, "model": video[mk], "baseline": video[bk], "baseline_is": name,
+             "learned": bool(sign * (video[mk] - video[bk]) > 0)}
+            for label, mk, bk, name, sign in HELD_OUT_ROWS if mk in video and bk in video]
 
 
 def _print_summary(summary: dict) -> None:
@@ -144,14 +160,10 @@ def _print_summary(summary: dict) -> None:
     tr = summary["training"]
     if tr["first_loss"] is not None:
         print(f"training loss {tr['first_loss']:.3f} -> {tr['last_loss']:.3f} over {tr['steps']} steps")
-    video = summary["video"]
-    for label, model_key, base_key in (("video PSNR (dB)", "psnr", "psnr_copy_last"),
-                                       ("video SSIM", "ssim", "ssim_copy_last"),
-                                       ("policy action MSE (norm.)", "policy_mse_norm", "action_mse_norm_mean_action"),
-                                       ("inverse dynamics MSE (norm.)", "inverse_dynamics_mse_norm",
-                                        "action_mse_norm_mean_action")):
-        if model_key in video and base_key in video:
-            print(f"{label:<30} model {video[model_key]:.4f}   baseline {video[base_key]:.4f}")
+    print(f"\nheld-out episodes{'':<16}{'model':>9}{'baseline':>10}  {'(baseline)':<18}learned?")
+    for r in summary["held_out"]:
+        print(f"{r['metric']:<33}{r['model']:>9.4f}{r['baseline']:>10.4f}  ({r['baseline_is']:<15}) "
+              f"{'yes' if r['learned'] else 'no'}")
     print(f"total {summary['timings_s']['total_s'] / 60:.1f} min; report: {summary['report']}")
 
 
