@@ -53,6 +53,8 @@ def test_bench_targets_quick_trains_and_evaluates_both_envs(tmp_path, capsys):
     assert pusht["steps"] > 0 and pusht["met"] == (pusht["metrics"]["dp_score"] >= 0.5)
     assert set(mw["metrics"]["per_task"]) == {f"metaworld:{t}" for t in ("button-press-topdown", "drawer-open",
                                                                             "reach")}
+    assert set(mw["baselines"]) == {"random"} and set(mw["baselines"]["random"]["per_task"]) == set(
+        mw["metrics"]["per_task"])
     cfg = json.loads((tmp_path / "targets" / "metaworld" / "run" / "config.json").read_text())
     assert cfg["model"]["language"] and cfg["model"]["use_state"] and cfg["model"]["state_dim"] == 39
     assert cfg["model"]["action_dim"] == 4 and len(cfg["model"]["text"]["vocabulary"]) == 3

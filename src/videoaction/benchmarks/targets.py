@@ -151,13 +151,15 @@ def run_targets(out: Path, sizes: TargetSizes | None = None) -> dict:
         atomic_write_json(out / "targets.json", summary)
     if "metaworld" in sizes.envs:
         from videoaction.envs.metaworld import ensure_headless_gl
+        from videoaction.eval.baselines import RandomPolicy
 
         ensure_headless_gl()
         d = out / "metaworld"
         tasks = list(sizes.metaworld_tasks)
         data, demos_s = _demos("metaworld", d / "demos.zarr", sizes.metaworld_episodes, sizes, tasks)
         r = _train_and_eval(metaworld_config(data, str(d / "run"), sizes), "metaworld:" + ",".join(tasks), sizes, d,
-                            n_episodes=sizes.metaworld_eval_episodes, max_steps=sizes.metaworld_max_steps)
+                            {"random": RandomPolicy(seed=sizes.seed)}, n_episodes=sizes.metaworld_eval_episodes,
+                            max_steps=sizes.metaworld_max_steps)
         per_task = r["metrics"].get("per_task") or {tasks[0]: r["metrics"]["success_rate"]}
         r.update(demos_s=demos_s, target={"success_rate_per_task": 0.5},
                  met=bool(per_task) and all((v or 0.0) >= 0.5 for v in per_task.values()))
