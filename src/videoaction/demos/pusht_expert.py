@@ -17,10 +17,14 @@ Method (why it works on gym-pusht 0.1.8):
 * **Fine alignment** is the same planner with short pushes (0.5-6 px) once the T is close; near the goal the cost
   switches to 1 - coverage (the success criterion itself), which breaks ties that keypoint distance leaves.
 * The chosen action sequence is replayed in the real env (the copy is exact, so the outcome matches), then we replan.
+* **Hand-like actions**: the commanded target moves at most ``max_target_speed`` (25 px) per step, like a mouse
+  in a human demonstration, and the planner simulates exactly these ramps. Jumping straight to each waypoint (the
+  first version, ``max_target_speed=None``) solves PushT in fewer steps but gives piecewise-constant actions with
+  jumps of up to ~100 px that a policy cannot time from images.
 
 Measured (gym-pusht 0.1.8, 300-step limit, one core of a shared 2-core CPU, incl. 96x96 rendering and store writes):
-PushT seeds 0-99: 100/100 successes, mean length 104 steps, ~1.1 s/episode; PushT-M seeds 0-99: 100/100, mean
-113 steps, ~1.3 s/episode (``python -m videoaction.benchmarks.demos``).
+PushT seeds 0-99: 100/100 successes, mean length 119 steps, ~1.2 s/episode (jumping version: 100/100, 104 steps;
+PushT-M seeds 0-99 with it: 100/100, 113 steps), ``python -m videoaction.benchmarks.demos``.
 """
 
 from __future__ import annotations
