@@ -108,6 +108,13 @@ def run_job(job: tuple) -> tuple:
     return task, seed, data, meta, time.time() - t0
 
 
+def close_cached_envs() -> None:
+    """Close this process's cached simulators (MuJoCo renderers must be freed before interpreter shutdown)."""
+    for env, _ in _CACHE.values():
+        env.close()
+    _CACHE.clear()
+
+
 def init_worker() -> None:
     from videoaction.envs.metaworld import ensure_headless_gl
 
@@ -193,6 +200,8 @@ def generate(jobs: list[tuple], out, keep_failed: bool = False, workers: int = 1
         bar.close()
         if pool:
             pool.terminate()
+        else:
+            close_cached_envs()
     st["wall_seconds"] = time.time() - t0
     st["success_rate"] = st["succeeded"] / st["attempted"] if st["attempted"] else float("nan")
     st["skipped"] = st["skipped_already_done"]
