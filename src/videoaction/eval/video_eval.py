@@ -157,7 +157,7 @@ def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = 
     notes = [f"{n} windows of {horizon} steps from {len(eps)} held-out episodes; history frames at window positions "
              f"{pos[:nh].tolist()}, future {pos[nh:].tolist()}; frames at the model resolution {real.shape[2:4]}; "
              f"predict_video num_iter={num_iter}, cfg={cfg}, temperature={temperature}, seed={seed}."]
-    _inverse_dynamics(policy, store, ds, eps, img[:, pos[:nh]], img[:, pos[nh:]], true_a, language, gen, batch_size,
+    _action_errors(policy, store, ds, eps, img[:, pos[:nh]], img[:, pos[nh:]], true_a, language, gen, batch_size,
                       m, notes, obs_all=obs_all)
     _feature_metrics(pred, real, copy_last, lpips_path, i3d_path, m, notes, policy.device)
     table = _table(m)
@@ -176,7 +176,7 @@ def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = 
     return res
 
 
-def _inverse_dynamics(policy, store, ds, eps, hist, real, true_a, language, gen, batch_size, m, notes,
+def _action_errors(policy, store, ds, eps, hist, real, true_a, language, gen, batch_size, m, notes,
                       obs_all=None) -> None:
     """Action errors next to the mean-action baseline: the policy (``predict_action`` from the history only) and
     inverse dynamics (history + real future frames). hist / real: raw store frames uint8 (N, Th|Tf, H, W, 3)."""
