@@ -13,7 +13,6 @@ Default sizes take about 20 minutes on 2 cores; ``--smoke`` runs every stage at 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from videoaction.data.errors import VideoActionError
 class QuickstartSizes:
     episodes: int = 60  # scripted demonstrations
     steps: int = 2400  # UVA training steps (~0.35 s each at batch 16 on 2 cores, 4 x 4 tokens per frame)
-    tokenizer_steps: int = 600  # stage 0 (~32 dB held-out PSNR on PushT frames)
+    tokenizer_steps: int = 600  # stage 0 (31.7 dB held-out PSNR on PushT frames, 4 x 4 x 16 latents)
     batch_size: int = 16
     eval_episodes: int = 20
     max_steps: int = 300  # evaluation episode limit
@@ -57,6 +56,7 @@ def run(out: Path, sizes: QuickstartSizes, smoke: bool, seed: int = 0) -> dict:
     from videoaction.eval.video_eval import evaluate_video
     from videoaction.models.base import load_policy
     from videoaction.train.trainer import TrainOptions, train
+    from videoaction.utils.io import atomic_write_json
 
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def run(out: Path, sizes: QuickstartSizes, smoke: bool, seed: int = 0) -> dict:
         "held_out": held_out_verdicts(video.get("metrics", {})),
         "timings_s": timings,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_json(out / "summary.json", summary)
     _print_summary(summary)
     return summary
 

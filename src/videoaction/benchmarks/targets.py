@@ -149,11 +149,9 @@ def run_targets(out: Path, sizes: TargetSizes | None = None) -> dict:
         r.update(demos_s=demos_s, target={"dp_score": 0.5}, met=r["metrics"]["dp_score"] >= 0.5)
         summary["envs"]["pusht"] = r
         atomic_write_json(out / "targets.json", summary)
-    if "metaworld" in sizes.envs:
-        from videoaction.envs.metaworld import ensure_headless_gl
+    if "metaworld" in sizes.envs:  # (the Metaworld env and task lookup choose the headless GL backend themselves)
         from videoaction.eval.baselines import RandomPolicy
 
-        ensure_headless_gl()
         d = out / "metaworld"
         tasks = list(sizes.metaworld_tasks)
         data, demos_s = _demos("metaworld", d / "demos.zarr", sizes.metaworld_episodes, sizes, tasks)
