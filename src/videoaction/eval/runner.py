@@ -33,8 +33,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.eval import metrics as M
+from videoaction.eval.history import HISTORY_ACTION_KEY, ObservationHistory
 
 TEST_SEED_START = 100_000
 DEFAULT_MAX_STEPS = {"pusht": 300, "metaworld": 500}
@@ -114,6 +115,7 @@ class PolicyAdapter:
             self.n_action_steps = int(getattr(policy, "n_action_steps", 1))
             desc = getattr(policy, "describe", None)
             self.description = desc() if callable(desc) else getattr(policy, "__name__", type(policy).__name__)
+        self.wants_history_action = bool(self.spec) and HISTORY_ACTION_KEY in self.spec
         self._warned = False
 
     def bind(self, action_space) -> None:
@@ -235,19 +237,22 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
         slot_ep: list[int | None] = [e for e, _ in pending]  # episode index per slot (None = idle)
         slot_seed = [s for _, s in pending]
         stats: list[dict | None] = [None] * n_envs
-        histories: list[dict[str, deque] | None] = [None] * n_envs
+        histories: list[ObservationHistory | None] = [None] * n_envs
         actions_q: list[deque] = [deque() for _ in range(n_envs)]
         frames: dict[int, list[np.ndarray]] = {}
         results: dict[int, dict] = {}
         last_action = np.zeros((n_envs, *venv.single_action_space.shape), np.float32)
         env_steps, policy_calls, policy_s = 0, 0, 0.0
         T = adapter.n_obs_steps
+        history_action_dim = (int(np.prod(venv.single_action_space.shape)) if adapter.wants_history_action
+                              else None)
         pbar = tqdm(total=len(seeds), desc=f"eval {spec}", unit="ep", disable=not progress, leave=False)
 
         def start(i: int, obs_i: dict, info_i: dict) -> None:
             if isinstance(info_i.get("language"), str):
                 language[i] = info_i["language"]
-            histories[i] = {k: deque([v] * T, maxlen=T) for k, v in obs_i.items()}
+            histories[i] = ObservationHistory(T, action_dim=history_action_dim)
+            histories[i].reset(obs_i)
             actions_q[i].clear()
             cov = info_i.get("coverage")
             # max / final coverage count the steps only (DP's score is the max of per-step rewards): a start that
@@ -284,7 +289,8 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
             if not need and not active:
                 break
             if need:
-                batch = {k: np.stack([np.stack(histories[i][k]) for i in need]) for k in histories[need[0]]}
+                stacked = [histories[i].stacked() for i in need]
+                batch = {k: np.stack([s[k] for s in stacked]) for k in stacked[0]}
                 if all(language[i] is not None for i in need):
                     batch["language"] = [language[i] for i in need]
                 tp = time.perf_counter()
@@ -322,8 +328,7 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
                     c = float(inf["coverage"])
                     st["final_coverage"] = c
                     st["max_coverage"] = c if st["max_coverage"] is None else max(st["max_coverage"], c)
-                for k, v in o_i.items():
-                    histories[i][k].append(v)
+                histories[i].append(o_i, act[i])
                 if slot_ep[i] in frames and "image" in o_i:
                     frames[slot_ep[i]].append(np.asarray(o_i["image"]).copy())
                 if terminated[i] or truncated[i] or st["steps"] >= max_steps or (stop_on_success and ok):
