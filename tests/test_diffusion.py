@@ -6,15 +6,13 @@ Small models run single-threaded (a busy 2-core box makes multi-threaded tiny ma
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from videoaction.data.errors import ConfigError, VideoActionError
+from videoaction.errors import ConfigError, VideoActionError
 from videoaction.nn.diffusion import (
     DiffusionHead,
     DiffusionHeadConfig,
@@ -26,8 +24,6 @@ from videoaction.nn.diffusion import (
     timestep_embedding,
 )
 from videoaction.nn.diffusion.gaussian import GaussianTables, ddpm_training_terms
-
-KEYS_JSON = Path("/work/shared/reference/keys/uva_pusht_keys.json")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,7 +53,7 @@ def _mar_shapes(C: int, W: int, N: int, Z: int) -> dict[str, tuple]:
     return s
 
 
-def test_mar_layout_param_count_and_keys():
+def test_mar_layout_param_count_and_keys(reference_keys):
     torch.manual_seed(0)
     head = DiffusionHead(16, 768, DiffusionHeadConfig())  # MAR / UVA video head: C=16, W=1024, N=6, Z=768
     sd = head.state_dict()
@@ -65,12 +61,12 @@ def test_mar_layout_param_count_and_keys():
     got = {k: tuple(v.shape) for k, v in sd.items()}
     assert got == {f"net.{k}": v for k, v in _mar_shapes(16, 1024, 6, 768).items()}
     assert list(dict(head.named_buffers())) == []  # no schedule tensors in the state dict
-    if KEYS_JSON.exists():  # the reference's own key list (UVA PushT: video head C=16, action head C=2)
-        ref = json.loads(KEYS_JSON.read_text())
-        for prefix, c in (("diffloss.net.", 16), ("diffactloss.net.", 2)):
-            want = {k[len(prefix) - 4:]: tuple(v) for k, v in ref.items() if k.startswith(prefix)}
-            h = head if c == 16 else DiffusionHead(c, 768, DiffusionHeadConfig())
-            assert {k: tuple(v.shape) for k, v in h.state_dict().items()} == want
+    ref = reference_keys("uva_pusht_keys.json")  # the reference's own list (UVA PushT: video C=16, action C=2)
+    for prefix, c in (("diffloss.net.", 16), ("diffactloss.net.", 2)):
+        want = {k[len(prefix) - 4:]: tuple(v) for k, v in ref.items() if k.startswith(prefix)}
+        assert len(want) == 60  # time / cond / input / final layers 12 + 6 res-blocks x 8
+        h = head if c == 16 else DiffusionHead(c, 768, DiffusionHeadConfig())
+        assert {k: tuple(v.shape) for k, v in h.state_dict().items()} == want
 
 
 def test_mar_init_and_zero_output():

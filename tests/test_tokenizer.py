@@ -16,16 +16,8 @@ from videoaction.nn.tokenizer import (KL16_SCALE, KL16Autoencoder, SmallAutoenco
 from videoaction.nn.tokenizer.kl16 import to_diffusers
 
 
-def _ref_keys() -> dict:
-    for root in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
-        f = root / "reference" / "keys" / "kl16_keys.json"
-        if f.is_file():
-            return json.loads(f.read_text())
-    pytest.skip("reference key list shared/reference/keys/kl16_keys.json not available")
-
-
-def test_kl16_state_dict_is_mars_key_list():
-    ref = _ref_keys()
+def test_kl16_state_dict_is_mars_key_list(reference_keys):
+    ref = reference_keys("kl16_keys.json")
     with torch.device("meta"):
         m = KL16Autoencoder()
     sd = m.state_dict()

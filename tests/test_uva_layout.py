@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +10,6 @@ import torch
 from videoaction.models.uva.config import PRESETS, SIZES, model_config
 from videoaction.models.uva.network import UVANetwork
 
-KEYS = Path("/work/shared/reference/keys")
 REF_PUSHT = {"file": "uva_pusht_keys.json", "kw": {"action_dim": 2}, "n_keys": 444, "n_params": 261_079_156}
 REF_LIBERO = {"file": "uva_libero_keys.json", "kw": {"action_dim": 10, "language": True, "text_dim": 512},
               "n_keys": 449, "n_params": 261_602_948}
@@ -28,11 +25,8 @@ def _shapes(net) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("ref", [REF_PUSHT, REF_LIBERO], ids=["pusht", "libero"])
-def test_base_matches_reference_state_dict(ref):
-    path = KEYS / ref["file"]
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    want = {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
+def test_base_matches_reference_state_dict(ref, reference_keys):
+    want = {k: tuple(v) for k, v in reference_keys(ref["file"]).items()}
     got = _shapes(_meta_net("base", **ref["kw"]))
     assert sorted(set(want) - set(got)) == []  # missing
     assert sorted(set(got) - set(want)) == []  # unexpected

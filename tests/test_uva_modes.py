@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -20,12 +21,11 @@ def micro_cfg(**kw):
     cfg = uva_tiny()
     cfg.dataset.image_size = 32
     head = dict(width=64, depth=1, sample_steps=8)
-    kw = {"history_drop_prob": 0.2, **kw}
+    kw = {"history_drop_prob": 0.2, "video_head": DiffusionHeadConfig(**head),
+          "action_head": DiffusionHeadConfig(clip_denoised=True, **head), **kw}
     cfg.model = model_config(
         "tiny", width=64, num_heads=2, encoder_depth=1, decoder_depth=1, attn_dropout=0.0, proj_dropout=0.0,
-        tokenizer=TokenizerConfig(kind="small", latent_channels=4, stride=8, channels=(8, 16, 16)),
-        video_head=DiffusionHeadConfig(**head), action_head=DiffusionHeadConfig(clip_denoised=True, **head),
-        **kw)
+        tokenizer=TokenizerConfig(kind="small", latent_channels=4, stride=8, channels=(8, 16, 16)), **kw)
     return cfg
 
 
@@ -57,11 +57,15 @@ def obs(b=1, seed=0, t=16):
 
 
 def loss_in_mode(p, mode, batch, seed=1):
-    p.cfg.model.task_modes = (mode,)
+    """``compute_loss`` in one task mode (the ``mode`` argument where the policy takes one)."""
+    g = torch.Generator().manual_seed(seed)
+    if "mode" in inspect.signature(p.compute_loss).parameters:
+        return p.compute_loss(batch, g, mode=mode)
+    saved, p.cfg.model.task_modes = p.cfg.model.task_modes, (mode,)
     try:
-        return p.compute_loss(batch, torch.Generator().manual_seed(seed))
+        return p.compute_loss(batch, g)
     finally:
-        p.cfg.model.task_modes = TASK_MODES
+        p.cfg.model.task_modes = saved
 
 
 # ----------------------------------------------------------------------------------------------- masking
@@ -198,36 +202,120 @@ def test_seeded_sampling_is_deterministic(policy):
     assert torch.equal(v1, v2)
 
 
-def test_cfg_one_equals_unguided_and_guidance_changes_output(policy):
+def test_cfg_one_equals_unguided(policy):
     cond = policy.condition(obs(seed=2))
     kw = dict(num_iter=2, temperature=1.0)
     plain = policy.sample_video(cond, None, cfg=1.0, generator=torch.Generator().manual_seed(0), **kw)["latent"]
     doubled = policy.sample_video(cond, None, cfg=1.0, force_guidance=True, generator=torch.Generator().manual_seed(0),
                                   **kw)["latent"]
-    guided = policy.sample_video(cond, None, cfg=3.0, generator=torch.Generator().manual_seed(0), **kw)["latent"]
     assert torch.allclose(plain, doubled, atol=1e-5)
-    assert not torch.allclose(plain, guided, atol=1e-3)
-    a1 = policy.sample_actions(cond, cfg=1.0, generator=torch.Generator().manual_seed(0))
-    a3 = policy.sample_actions(cond, cfg=3.0, generator=torch.Generator().manual_seed(0))
-    assert a1.shape == a3.shape == (1, 16, 2) and not torch.allclose(a1, a3)
 
 
-def test_video_dynamics_inverse_plan_rollout_shapes(policy):
+@pytest.fixture(scope="module")
+def flow_policy():
+    """Flow heads sampled in one Euler step without clipping: a sample is noise - v, affine in the (guided)
+    velocity, so guidance must give exactly uncond + s (cond - uncond) of the unguided samples."""
+    torch.manual_seed(0)
+    head = dict(objective="flow", width=64, depth=1, sample_steps=1)
+    cfg = micro_cfg(video_head=DiffusionHeadConfig(**head), action_head=DiffusionHeadConfig(**head),
+                    cfg_schedule="constant")
+    return unzero_heads(UVAPolicy(cfg, allow_random_tokenizer=True)).eval()
+
+
+@pytest.mark.parametrize("what", ["actions", "video"])
+def test_guidance_combines_cond_and_uncond_by_hand(flow_policy, what):
+    p = flow_policy
+
+    def sample(o, s):
+        g = torch.Generator().manual_seed(0)
+        if what == "actions":
+            return p.predict_action(o, cfg=s, generator=g)["action_pred"]
+        return p.predict_video(o, num_iter=1, cfg=s, generator=g, decode=False)["latent"]
+
+    oa, ob = obs(seed=2), obs(seed=6)
+    cond, uncond, guided = sample(oa, 1.0), sample(oa, 0.0), sample(oa, 3.0)  # cfg 1: unguided; 0: uncond alone
+    assert torch.allclose(uncond, sample(ob, 0.0), atol=1e-6)  # the unconditional half never sees the history
+    assert not torch.allclose(cond, sample(ob, 1.0), atol=1e-3)  # the conditional one does
+    assert not torch.allclose(cond, uncond, atol=1e-3)
+    assert torch.allclose(guided, uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-4)
+    # sampled per position from one shared order: guidance changes values, never which tokens are filled
+    assert guided.shape == cond.shape
+
+
+def _g(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _frames(b, n, seed, size=32):
+    return torch.randint(0, 256, (b, n, size, size, 3), generator=_g(seed), dtype=torch.uint8)
+
+
+def test_forward_dynamics_uses_each_samples_actions(policy):
     o = obs(b=2, seed=1)
-    acts = torch.randn(2, 16, 2)
-    g = torch.Generator().manual_seed(0)
-    d1 = policy.predict_video(o, actions=acts, generator=torch.Generator().manual_seed(0), decode=False)["latent"]
-    d2 = policy.predict_video(o, actions=acts + 1, generator=torch.Generator().manual_seed(0), decode=False)["latent"]
-    assert d1.shape == (2, 4, 4, 4, 4) and not torch.allclose(d1, d2)  # forward dynamics uses the actions
-    inv = policy.inverse_dynamics(None, torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8), generator=g)
-    assert inv["action_pred"].shape == (2, 16, 2)
-    plan = policy.plan(o, num_iter=2, generator=g)
-    assert plan["action"].shape == (2, 8, 2) and plan["frames"].shape == (2, 4, 32, 32, 3)
-    roll = policy.rollout_video(o, "policy", n_chunks=2, num_iter=1, generator=g)
-    assert roll["latent"].shape == (2, 8, 4, 4, 4) and roll["action"].shape == (2, 32, 2)
-    assert roll["frames"].shape == (2, 8, 32, 32, 3)
-    roll = policy.rollout_video(o, torch.zeros(2, 48, 2), n_chunks=3, decode=False, generator=g)
-    assert roll["latent"].shape == (2, 12, 4, 4, 4)
+    acts = torch.randn(2, 16, 2, generator=_g(4))
+    d1 = policy.predict_video(o, actions=acts, generator=_g(), decode=False)["latent"]
+    assert d1.shape == (2, 4, 4, 4, 4)
+    moved = acts.clone()
+    moved[1] += 1.0  # only sample 1's actions
+    d2 = policy.predict_video(o, actions=moved, generator=_g(), decode=False)["latent"]
+    assert torch.equal(d1[0], d2[0]) and not torch.allclose(d1[1], d2[1], atol=1e-4)
+
+
+def test_inverse_dynamics_reads_the_future_not_the_history(policy):
+    fut = _frames(2, 4, seed=1)
+    a = policy.inverse_dynamics(None, fut, generator=_g())["action_pred"]
+    assert a.shape == (2, 16, 2)
+    for hist in (_frames(2, 4, seed=2), _frames(2, 4, seed=3)):  # inverse_model hides the history (reference)
+        assert torch.equal(policy.inverse_dynamics(hist, fut, generator=_g())["action_pred"], a)
+    other = fut.clone()
+    other[1] = _frames(1, 4, seed=9)[0]  # only sample 1's future video
+    b = policy.inverse_dynamics(None, other, generator=_g())["action_pred"]
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1], atol=1e-4)
+
+
+def test_plan_is_the_video_model_then_the_policy_on_the_last_pass(policy):
+    """plan's video is the video model's sample (same noise); with one iteration its last pass has every future
+    token still masked, so its actions are the policy's actions drawn right after that video."""
+    o = obs(b=2, seed=1)
+    kw = dict(cfg=1.0, temperature=0.95)
+    plan = policy.plan(o, num_iter=2, generator=_g(), **kw)
+    video = policy.predict_video(o, num_iter=2, generator=_g(), **kw)
+    assert torch.equal(plan["latent"], video["latent"]) and torch.equal(plan["frames"], video["frames"])
+    assert plan["frames"].shape == (2, 4, 32, 32, 3) and plan["action_pred"].shape == (2, 16, 2)
+    assert torch.equal(plan["action"], plan["action_pred"][:, : policy.n_action_steps])
+    one = policy.plan(o, num_iter=1, generator=_g(), decode=False, **kw)
+    g = _g()
+    policy.predict_video(o, num_iter=1, generator=g, decode=False, **kw)  # advances g past the video draw
+    assert torch.allclose(one["action_pred"], policy.predict_action(o, generator=g)["action_pred"], atol=1e-6)
+    # the planner's actions come from the pass that sees the planned video: not the policy's
+    assert not torch.allclose(plan["action_pred"], policy.predict_action(o, generator=_g())["action_pred"], atol=1e-3)
+
+
+def test_rollout_chunks_follow_their_actions_and_feed_predictions_back(policy):
+    o = obs(b=1, seed=5)
+    acts = torch.randn(1, 32, 2, generator=_g(7))
+    seen = []
+
+    def chunk_actions(k, history):
+        seen.append(history.clone())
+        return acts[:, 16 * k: 16 * (k + 1)]
+
+    roll = policy.rollout_video(o, chunk_actions, n_chunks=2, num_iter=1, decode=False, generator=_g())
+    lat = roll["latent"]
+    assert lat.shape == (1, 8, 4, 4, 4) and torch.allclose(roll["action"], acts, atol=1e-6)
+    assert torch.equal(seen[1], lat[:, :4])  # the second chunk's history is the first chunk's prediction
+    first = policy.predict_video(o, actions=acts[:, :16], num_iter=1, generator=_g(), decode=False)["latent"]
+    assert torch.equal(lat[:, :4], first)
+    same = policy.rollout_video(o, acts, n_chunks=2, num_iter=1, decode=False, generator=_g())["latent"]
+    assert torch.equal(same, lat)  # a given action sequence = the callable returning its chunks
+    later = acts.clone()
+    later[:, 16:] += 1.0  # the second chunk's actions move the second chunk only
+    moved = policy.rollout_video(o, later, n_chunks=2, num_iter=1, decode=False, generator=_g())["latent"]
+    assert torch.equal(moved[:, :4], lat[:, :4]) and not torch.allclose(moved[:, 4:], lat[:, 4:], atol=1e-4)
+    pol = policy.rollout_video(o, "policy", n_chunks=2, num_iter=1, generator=_g())
+    assert pol["frames"].shape == (1, 8, 32, 32, 3) and pol["action"].shape == (1, 32, 2)
+    assert torch.allclose(pol["action"][:, :16], policy.predict_action(o, generator=_g())["action_pred"], atol=1e-6)
+    assert policy.rollout_video(o, torch.zeros(1, 48, 2), n_chunks=3, decode=False)["latent"].shape == (1, 12, 4, 4, 4)
 
 
 def test_plan_with_dynamics_picks_the_goal_matching_candidate(policy):
@@ -247,7 +335,7 @@ def test_plan_with_dynamics_picks_the_goal_matching_candidate(policy):
 
 
 def test_observation_errors_are_clear(policy):
-    from videoaction.data.errors import VideoActionError
+    from videoaction.errors import VideoActionError
 
     with pytest.raises(VideoActionError, match="expected \\(B, 16, H, W, 3\\)"):
         policy.predict_action(obs(t=8))
