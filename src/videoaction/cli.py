@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demos": ("videoaction.demos.cli", "generate scripted demonstrations (pusht, pusht-m, metaworld) into a store"),
     "tokenizer": ("videoaction.train.tokenizer_cli", "train the small image autoencoder of the CPU presets on a store"),
     "encode": ("videoaction.train.encode", "pre-encode every frame of a store into a latent store (latent cache)"),
+    "merge-shards": ("videoaction.data.hma_tokens", "join the shards of `encode --format hma` (missing ones skipped)"),
     "train": ("videoaction.train.cli", "train a model from a preset (two stages, accelerate, EMA, exact resume)"),
     "eval": ("videoaction.eval.cli", "evaluate a checkpoint in a simulator (pusht, pusht-m, metaworld:TASKS)"),
     "serve": ("videoaction.serve.cli", "serve a policy over websocket + msgpack (openpi protocol)"),

@@ -237,7 +237,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--format", default="store", choices=["store", "hma"],
+                   help="store: a latent episode store; hma: HMA's token layout (video.bin, actions/, segment_ids.bin, "
+                        "metadata.json + manifest.json; --tokenizer may be an LFQ folder for discrete ids)")
+    p.add_argument("--shard-rank", type=int, help="hma: encode only shard R of --shards (join with merge-shards)")
+    p.add_argument("--hz", type=float, help="hma: native frame rate recorded in the metadata (default: store attrs)")
+    p.add_argument("--frame-stride", type=int, default=1, help="hma: frame stride to the common rate (manifest)")
+    p.add_argument("--name", help="hma: dataset (embodiment) name (default: the store's file name)")
+    p.add_argument("--action-key", default="action", help="hma: action key of the store")
+    p.add_argument("--allow-pickle", action="store_true", help="hma: read a pickled LFQ .ckpt (runs code from it)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.format == "hma":
+        from videoaction.data.hma_tokens import encode_store as encode_hma
+
+        encode_hma(args.data, args.out, args.tokenizer, args.shards, args.shard_rank, args.batch_size, args.image_size,
+                   args.crop_ratio, args.image_key, args.action_key, args.hz, args.frame_stride, args.name, args.dtype,
+                   args.allow_pickle, not args.no_progress)
+        return 0
     encode_store(args.data, args.out, args.tokenizer, args.shards, args.batch_size, args.dtype, args.image_size,
                  args.crop_ratio, args.image_key, args.device, args.shard_index, args.merge_only, args.overwrite,
                  not args.no_progress)
