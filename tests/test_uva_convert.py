@@ -1,9 +1,10 @@
-"""`videoaction convert`: a reference-format UVA .ckpt (built here from the documented layout) converts with zero
-missing / unexpected keys and loads as a policy; pickles need --allow-pickle; MAR init copies name+shape matches."""
+"""`videoaction convert`: a reference-format UVA .ckpt whose MAR-module and kl16 tensors carry exactly the names of
+the published key lists (shared/reference/keys/, in their order, shapes scaled down) converts with zero missing /
+unexpected keys, loads as a policy and fuses its token streams in the reference's order (uva.md section 5); pickles
+need --allow-pickle; MAR init copies name + shape matches."""
 
 from __future__ import annotations
 
-import json
 import sys
 import types
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from videoaction.data.errors import VideoActionError
+from tests.conftest import load_reference_keys
+from videoaction.errors import VideoActionError
 from videoaction.models.base import load_policy
 from videoaction.models.convert import convert_uva, init_from_mar, main
 from videoaction.models.uva.config import model_config
@@ -20,22 +22,46 @@ from videoaction.nn.diffusion import DiffusionHeadConfig
 from videoaction.nn.tokenizer import KL16Autoencoder
 
 torch.set_num_threads(1)
-KEYS = Path("/work/shared/reference/keys")
+
+# Published sizes -> test sizes. MAR module: width 768 -> 64 (qkv / fused 3 x 768 -> 192, MLP 4 x 768 -> 256, the
+# action head's pooled 768 x 4 x 4 -> 64 x 16), 16 x 16 -> 4 x 4 tokens; diffusion MLPs: width 1024 -> 32
+# (adaLN 3 x / 2 x 1024 -> 96 / 64); channel counts (16 latent, A actions, 256 time frequencies, 512 CLIP) unchanged.
+D, HEAD_W, GRID = 64, 32, 4
+_BODY = {768: D, 2304: 3 * D, 3072: 4 * D, 12288: 16 * D}
+_HEAD = {1024: HEAD_W, 3072: 3 * HEAD_W, 2048: 2 * HEAD_W, 768: D}
+_KL16 = {128: 32, 256: 64, 512: 128}  # kl16 ch 128 -> 32
+
+
+def _scaled(name: str, shape: list[int]) -> list[int]:
+    if ".net." in name and name.startswith(("diffloss.", "diffactloss.")):
+        return [_HEAD.get(n, n) for n in shape]
+    if name.endswith("spatial_pos_embed") or name == "diffusion_spatial_embed":
+        return [1, GRID * GRID, D]
+    return [_BODY.get(n, n) for n in shape]
+
+
+def reference_state(language: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A reference policy state dict: every published MAR-module key under ``model.``, every kl16 key under
+    ``vae_model.``, in the published order, random values."""
+    g = torch.Generator().manual_seed(seed)
+    keys = load_reference_keys("uva_libero_keys.json" if language else "uva_pusht_keys.json")
+    sd = {f"model.{k}": torch.randn(_scaled(k, v), generator=g) * 0.02 for k, v in keys.items()}
+    for k, v in load_reference_keys("kl16_keys.json").items():
+        sd[f"vae_model.{k}"] = torch.randn([_KL16.get(n, n) for n in v], generator=g) * 0.02
+    return sd
 
 
 def _small_reference_net(language: bool = False) -> UVANetwork:
-    """The reference key layout (the same 444 / 449 names as the reference JSONs) at width 64 instead of 768."""
-    head = dict(width=32, depth=6)
-    cfg = model_config("tiny", width=64, num_heads=1, encoder_depth=12, decoder_depth=12,
+    """Our network at the scaled sizes above (depths 12 / 12 and 6 as published)."""
+    head = dict(width=HEAD_W, depth=6)
+    cfg = model_config("tiny", width=D, num_heads=1, encoder_depth=12, decoder_depth=12,
                        video_head=DiffusionHeadConfig(**head), action_head=DiffusionHeadConfig(clip_denoised=True, **head),
-                       action_dim=10 if language else 2, language=language, text_dim=16)
-    return UVANetwork(cfg, 16, (4, 4), 4, 4)
+                       action_dim=10 if language else 2, language=language, text_dim=512, text_tokens=64)
+    return UVANetwork(cfg, 16, (GRID, GRID), 4, 4)
 
 
-def _fake_reference_ckpt(path: Path, language: bool = False, drop: str | None = None) -> UVANetwork:
+def _fake_reference_ckpt(path: Path, language: bool = False, drop: str | None = None) -> dict[str, torch.Tensor]:
     """Write {cfg (an OmegaConf-like object of an unimportable class), state_dicts {model, ema_model}, pickles}."""
-    torch.manual_seed(0)
-    net, vae = _small_reference_net(language), KL16Autoencoder(ch=32)
     mod = types.ModuleType("omegaconf_standin")
 
     class DictConfig:
@@ -47,8 +73,7 @@ def _fake_reference_ckpt(path: Path, language: bool = False, drop: str | None = 
 
     DictConfig.__module__, DictConfig.__qualname__ = "omegaconf_standin", "DictConfig"
     mod.DictConfig = DictConfig
-    sd = {f"model.{k}": v for k, v in net.state_dict().items()}
-    sd.update({f"vae_model.{k}": v for k, v in vae.state_dict().items()})
+    sd = reference_state(language)
     a = 10 if language else 2
     for leaf, val in (("scale", torch.full((a,), 2.0)), ("offset", torch.full((a,), -1.0)),
                       ("input_stats.min", torch.zeros(a)), ("input_stats.max", torch.ones(a)),
@@ -66,21 +91,49 @@ def _fake_reference_ckpt(path: Path, language: bool = False, drop: str | None = 
                     "pickles": {"global_step": b"\x80\x04K\x05."}}, path)
     finally:
         del sys.modules["omegaconf_standin"]  # reading must work without the class (as without omegaconf)
-    return net
+    return sd
 
 
-def test_reference_key_names_are_the_documented_ones():
-    if not (KEYS / "uva_pusht_keys.json").is_file():
-        pytest.skip("reference key list not available")
-    want = set(json.loads((KEYS / "uva_pusht_keys.json").read_text()))
-    assert set(_small_reference_net().state_dict()) == want  # same 444 names, scaled-down shapes
-    want = set(json.loads((KEYS / "uva_libero_keys.json").read_text()))
-    assert set(_small_reference_net(language=True).state_dict()) == want
+@pytest.mark.parametrize("language", [False, True], ids=["pusht", "libero"])
+def test_scaled_reference_layout_is_our_network_at_that_size(language):
+    want = {k[len("model."):]: tuple(v.shape) for k, v in reference_state(language).items() if k.startswith("model.")}
+    assert len(want) == (449 if language else 444)
+    got = {k: tuple(v.shape) for k, v in _small_reference_net(language).state_dict().items()}
+    assert got == want
+
+
+def _check_fused_stream_order(net: torch.nn.Module, sd: dict[str, torch.Tensor], a_dim: int) -> None:
+    """uva.md section 5: ``proj_cond_x_layer`` reads concat(future video, aligned history, action) per token,
+    token t * L + s; action k repeated over tokens [k N / 16, (k + 1) N / 16). Expected values from the reference
+    tensors themselves."""
+    g = torch.Generator().manual_seed(1)
+    fut, hist = torch.randn(1, 4, 16, GRID, GRID, generator=g), torch.randn(1, 4, 16, GRID, GRID, generator=g)
+    acts = torch.randn(1, 16, a_dim, generator=g)
+    n = 4 * GRID * GRID
+
+    def lin(name, x):
+        return x @ sd[f"model.{name}.weight"].T + sd[f"model.{name}.bias"]
+
+    def tokens(x):  # (1, T, C, h, w) -> (1, T * h * w, C), index t * L + s
+        return x.flatten(3).transpose(2, 3).reshape(1, n, -1)
+
+    seen = []
+    hook = net.proj_cond_x_layer.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0]))
+    try:
+        with torch.no_grad():
+            net(fut, hist, actions=acts)
+    finally:
+        hook.remove()
+    fused = seen[0]
+    assert fused.shape == (1, n, 3 * D)
+    assert torch.allclose(fused[..., :D], lin("z_proj", tokens(fut)), atol=1e-6)
+    assert torch.allclose(fused[..., D:2 * D], lin("z_proj_cond", tokens(hist)), atol=1e-6)
+    assert torch.allclose(fused[..., 2 * D:], lin("action_proj_cond", acts)[:, torch.arange(n) * 16 // n], atol=1e-6)
 
 
 @pytest.mark.parametrize("language", [False, True], ids=["pusht", "libero"])
 def test_convert_reference_ckpt_zero_missing_unexpected(tmp_path, language):
-    net = _fake_reference_ckpt(tmp_path / "ref.ckpt", language)
+    sd = _fake_reference_ckpt(tmp_path / "ref.ckpt", language)
     report = convert_uva(tmp_path / "ref.ckpt", tmp_path / "out", allow_pickle=True, log=lambda *_: None)
     for which in ("model", "ema_model"):
         assert report[which]["missing"] == [] and report[which]["unexpected"] == []
@@ -88,9 +141,15 @@ def test_convert_reference_ckpt_zero_missing_unexpected(tmp_path, language):
     assert report["normalizer_skipped"] == ["agent_pos"] and report["n_dropped"] == 1  # text_model.* dropped
     assert report["config"]["language"] is language
     pol = load_policy(tmp_path / "out")  # EMA weights preferred
-    assert torch.allclose(pol.model.z_proj.weight, net.z_proj.weight + 0.01)
+    assert torch.allclose(pol.model.z_proj.weight, sd["model.z_proj.weight"] + 0.01)
     raw = load_policy(tmp_path / "out", prefer_ema=False)
-    assert torch.equal(raw.model.z_proj.weight, net.z_proj.weight)
+    ours = raw.state_dict()
+    for k, v in sd.items():  # every reference tensor lands, unchanged, under its mapped name
+        if k.startswith("model."):
+            assert torch.equal(ours[k], v), k
+        elif k.startswith("vae_model."):
+            assert torch.equal(ours["tokenizer." + k[len("vae_model."):]], v), k
+    _check_fused_stream_order(raw.model, sd, 10 if language else 2)
     assert torch.equal(pol.normalizer.fields["action"].scale, torch.full((10 if language else 2,), 2.0))
     assert pol.cfg.model.obs_image_size == 96 and pol.cfg.dataset.image_size == 64  # 4x4 tokens, stride 16
     if not language:
@@ -132,12 +191,11 @@ def test_init_from_mar_copies_matching_names_and_shapes(tmp_path):
     assert torch.all(p.model.encoder_blocks[0].attn.qkv.weight == 0.5)
 
 
-def test_kl16_layout_and_conversion(tmp_path):
-    if (KEYS / "kl16_keys.json").is_file():
-        want = json.loads((KEYS / "kl16_keys.json").read_text())
-        with torch.device("meta"):
-            got = {k: list(v.shape) for k, v in KL16Autoencoder().state_dict().items()}
-        assert got == {k: list(v) for k, v in want.items()}
+def test_kl16_layout_and_conversion(tmp_path, reference_keys):
+    want = reference_keys("kl16_keys.json")
+    with torch.device("meta"):
+        got = {k: list(v.shape) for k, v in KL16Autoencoder().state_dict().items()}
+    assert got == {k: list(v) for k, v in want.items()}
     vae = KL16Autoencoder(ch=32)
     torch.save({"model": vae.state_dict()}, tmp_path / "kl16.ckpt")
     with pytest.raises(VideoActionError):
