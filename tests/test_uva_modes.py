@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -218,7 +220,7 @@ def flow_policy():
     torch.manual_seed(0)
     head = dict(objective="flow", width=64, depth=1, sample_steps=1)
     cfg = micro_cfg(video_head=DiffusionHeadConfig(**head), action_head=DiffusionHeadConfig(**head),
-                    cfg_schedule="constant")
+                    cfg_schedule="constant", act_cfg=3.0)  # act_cfg != 1: action guidance is trained
     return unzero_heads(UVAPolicy(cfg, allow_random_tokenizer=True)).eval()
 
 
@@ -250,6 +252,21 @@ def _frames(b, n, seed, size=32):
     return torch.randint(0, 256, (b, n, size, size, 3), generator=_g(seed), dtype=torch.uint8)
 
 
+@contextlib.contextmanager
+def fitted_actions(p, lo=(-3.0, 100.0), hi=(5.0, 300.0)):
+    """Temporarily a min-max action normaliser fitted on [lo, hi] (outputs are un-normalised into that range)."""
+    from videoaction.data.normalizer import Normalizer
+
+    field = p.normalizer.fields["action"]
+    saved, mode = {k: v.clone() for k, v in field.state_dict().items()}, field.mode
+    p.set_normalizer(Normalizer.fit_arrays({"action": np.array([lo, hi], np.float32)}, {"action": "minmax"}))
+    try:
+        yield torch.tensor(lo), torch.tensor(hi)
+    finally:
+        field.load_state_dict(saved)
+        field.mode = mode
+
+
 def test_forward_dynamics_uses_each_samples_actions(policy):
     o = obs(b=2, seed=1)
     acts = torch.randn(2, 16, 2, generator=_g(4))
@@ -271,6 +288,9 @@ def test_inverse_dynamics_reads_the_future_not_the_history(policy):
     other[1] = _frames(1, 4, seed=9)[0]  # only sample 1's future video
     b = policy.inverse_dynamics(None, other, generator=_g())["action_pred"]
     assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1], atol=1e-4)
+    with fitted_actions(policy) as (lo, hi):  # raw actions: the normalised ones mapped into the fitted range
+        raw = policy.inverse_dynamics(None, fut, generator=_g())["action_pred"]
+    assert torch.allclose(raw, lo + (a + 1) / 2 * (hi - lo), atol=1e-4)
 
 
 def test_plan_is_the_video_model_then_the_policy_on_the_last_pass(policy):
@@ -283,10 +303,12 @@ def test_plan_is_the_video_model_then_the_policy_on_the_last_pass(policy):
     assert torch.equal(plan["latent"], video["latent"]) and torch.equal(plan["frames"], video["frames"])
     assert plan["frames"].shape == (2, 4, 32, 32, 3) and plan["action_pred"].shape == (2, 16, 2)
     assert torch.equal(plan["action"], plan["action_pred"][:, : policy.n_action_steps])
-    one = policy.plan(o, num_iter=1, generator=_g(), decode=False, **kw)
-    g = _g()
-    policy.predict_video(o, num_iter=1, generator=g, decode=False, **kw)  # advances g past the video draw
-    assert torch.allclose(one["action_pred"], policy.predict_action(o, generator=g)["action_pred"], atol=1e-6)
+    with fitted_actions(policy):  # both un-normalise with the fitted range
+        one = policy.plan(o, num_iter=1, generator=_g(), decode=False, **kw)
+        g = _g()
+        policy.predict_video(o, num_iter=1, generator=g, decode=False, **kw)  # advances g past the video draw
+        want = policy.predict_action(o, generator=g)["action_pred"]
+    assert torch.allclose(one["action_pred"], want, atol=1e-4) and want[..., 1].min() >= 100.0
     # the planner's actions come from the pass that sees the planned video: not the policy's
     assert not torch.allclose(plan["action_pred"], policy.predict_action(o, generator=_g())["action_pred"], atol=1e-3)
 
@@ -312,9 +334,14 @@ def test_rollout_chunks_follow_their_actions_and_feed_predictions_back(policy):
     later[:, 16:] += 1.0  # the second chunk's actions move the second chunk only
     moved = policy.rollout_video(o, later, n_chunks=2, num_iter=1, decode=False, generator=_g())["latent"]
     assert torch.equal(moved[:, :4], lat[:, :4]) and not torch.allclose(moved[:, 4:], lat[:, 4:], atol=1e-4)
-    pol = policy.rollout_video(o, "policy", n_chunks=2, num_iter=1, generator=_g())
+    with fitted_actions(policy):  # raw actions in, raw actions out, whatever the normaliser
+        assert torch.allclose(policy.rollout_video(o, acts * 4 + 1, n_chunks=2, num_iter=1, decode=False,
+                                                   generator=_g())["action"], acts * 4 + 1, atol=1e-4)
+        pol = policy.rollout_video(o, "policy", n_chunks=2, num_iter=1, generator=_g())
+        first_policy_chunk = policy.predict_action(o, generator=_g())["action_pred"]
     assert pol["frames"].shape == (1, 8, 32, 32, 3) and pol["action"].shape == (1, 32, 2)
-    assert torch.allclose(pol["action"][:, :16], policy.predict_action(o, generator=_g())["action_pred"], atol=1e-6)
+    assert torch.allclose(pol["action"][:, :16], first_policy_chunk, atol=1e-4)
+    assert pol["action"][..., 1].min() >= 100.0  # un-normalised into the fitted range
     assert policy.rollout_video(o, torch.zeros(1, 48, 2), n_chunks=3, decode=False)["latent"].shape == (1, 12, 4, 4, 4)
 
 
@@ -337,7 +364,7 @@ def test_plan_with_dynamics_picks_the_goal_matching_candidate(policy):
 def test_observation_errors_are_clear(policy):
     from videoaction.errors import VideoActionError
 
-    with pytest.raises(VideoActionError, match="expected \\(B, 16, H, W, 3\\)"):
+    with pytest.raises(VideoActionError, match="expected \\(B, 16, H, W, 3"):
         policy.predict_action(obs(t=8))
     with pytest.raises(VideoActionError, match="actions: expected shape"):
         policy.predict_video(obs(), actions=torch.zeros(1, 5, 2))
