@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 
@@ -102,7 +103,7 @@ def test_pusht_m_and_mean_action(tmp_path):
 
 
 def test_env_spec_expansion():
-    from videoaction.data.errors import VideoActionError
+    from videoaction.errors import VideoActionError
     from videoaction.eval.runner import expand_env_spec
 
     assert expand_env_spec("pusht") == ["pusht"]
@@ -122,22 +123,101 @@ def test_metaworld_two_tasks_small_images(tmp_path):
     assert m["success_rate"] == pytest.approx(np.mean(list(m["per_task_success"].values())))
     for t in res["tasks"].values():
         ep = t["episodes"][0]
-        assert ep["steps"] <= 4 and ep["max_coverage"] is None
+        assert ep["steps"] <= 4 and "max_coverage" not in ep  # Metaworld tracks no coverage
         assert read_mp4(tmp_path / ep["video"]).shape[1:3] == (32, 32)
     assert res["versions"]["metaworld"] and res["versions"]["mujoco"]
 
 
-def test_model_policy_in_pusht(tmp_path):
-    """A real (tiny, untrained) UVA policy through the adapter: history length from its spec, chunks executed."""
-    from tests.test_eval_video import _tiny_uva
+class _Recorder:
+    """env factory: make_env(spec) wrapped to record what the runner does to each sub-env (actions stepped,
+    observations and infos returned), per seed."""
 
-    policy = _tiny_uva(image_size=32, obs_size=96)
-    res = evaluate_policy(policy, "pusht", seeds=[100000], n_envs=1, max_steps=6, progress=False,
+    def __init__(self):
+        self.log = {}
+
+    def __call__(self, spec, seed, **kw):
+        import gymnasium as gym
+
+        log = self.log
+
+        class Record(gym.Wrapper):
+            def reset(self, *, seed=None, options=None):
+                obs, info = self.env.reset(seed=seed, options=options)
+                self.rec = log[seed] = {"obs": [obs], "actions": [], "infos": [info]}
+                return obs, info
+
+            def step(self, action):
+                obs, r, term, trunc, info = self.env.step(action)
+                self.rec["actions"].append(np.array(action, np.float32))
+                self.rec["obs"].append(obs)
+                self.rec["infos"].append(info)
+                return obs, r, term, trunc, info
+
+        return Record(envs.make_env(spec, seed, **kw))
+
+
+def test_model_policy_in_pusht():
+    """A real (tiny, untrained) UVA policy: its history window and chunks, executed in order, and the score from
+    the coverages the environment reported."""
+    from tests.test_eval_video import _tiny_cfg
+    from videoaction.models.uva.policy import UVAPolicy
+
+    class RecordingUVA(UVAPolicy):
+        def predict_action(self, obs, *, num_steps=None, generator=None):
+            out = super().predict_action(obs, num_steps=num_steps, generator=generator)
+            self.calls.append(({k: np.array(v) for k, v in obs.items()}, out["action"].numpy().copy()))
+            return out
+
+    torch.manual_seed(0)
+    policy = RecordingUVA(_tiny_cfg(image_size=32, obs_size=96), allow_random_tokenizer=True).eval()
+    policy.calls = []
+    rec = _Recorder()
+    res = evaluate_policy(policy, "pusht", seeds=[100000], n_envs=1, max_steps=6, progress=False, env_fn=rec,
                           predict_kwargs={"num_steps": 2})
     ep = res["tasks"]["pusht"]["episodes"][0]
-    assert ep["steps"] == 6 and res["protocol"]["n_obs_steps"] == policy.n_obs_steps
-    assert res["protocol"]["n_action_steps"] == 4 and res["timing"]["policy_calls"] == 2
-    assert 0.0 <= res["metrics"]["dp_score"] <= 1.0
+    log = rec.log[100000]
+    assert ep["steps"] == 6 and res["protocol"]["n_obs_steps"] == policy.n_obs_steps == 8
+    assert res["protocol"]["n_action_steps"] == 4 and res["timing"]["policy_calls"] == len(policy.calls) == 2
+    # chunks of 4 executed in order: the first call's 4 actions, then the second call's first 2
+    chunks = np.concatenate([a[0] for _, a in policy.calls])
+    assert np.allclose(np.stack(log["actions"]), chunks[:6], atol=1e-5)
+    # the second call sees the last 8 frames: the first observation repeated to fill, then the 4 after each step
+    frames = [o["image"] for o in log["obs"]]
+    want = np.stack([frames[0]] * 4 + frames[1:5])
+    assert np.array_equal(policy.calls[1][0]["image"][0], want)
+    assert np.array_equal(policy.calls[0][0]["image"][0], np.stack([frames[0]] * 8))
+    cov = [i["coverage"] for i in log["infos"][1:]]
+    assert ep["max_coverage"] == pytest.approx(max(cov)) and ep["final_coverage"] == pytest.approx(cov[-1])
+    assert res["metrics"]["dp_score"] == pytest.approx(min(max(cov) / 0.95, 1.0))
+
+
+def test_standing_still_scores_the_coverage_the_env_reports():
+    """Commanding the agent's own position (barely) moves nothing: the score is the coverage of the start, as
+    replayed here step by step in fresh environments."""
+
+    def stay(obs):
+        return obs["state"][:, None, :2].astype(np.float32)  # (B, 1, 2): target = where the agent is
+
+    seeds = [100000, 100001, 100002]
+    res = evaluate_policy(stay, "pusht", seeds=seeds, n_envs=2, max_steps=5, progress=False)
+    best, start = [], []
+    for s in seeds:
+        env = envs.make_env("pusht", s)
+        try:
+            obs, info = env.reset(seed=s)
+            start.append(M.pusht_coverage(info["block_pose"]))
+            cov = []
+            for _ in range(5):
+                obs, _, _, _, info = env.step(obs["state"][:2].astype(np.float32))
+                cov.append(info["coverage"])
+            best.append(max(cov))
+        finally:
+            env.close()
+    eps = res["tasks"]["pusht"]["episodes"]
+    assert start[0] > 0.5 and best == pytest.approx(start, abs=2e-3)  # seed 100000 starts half on the goal
+    assert [e["max_coverage"] for e in eps] == pytest.approx(best, abs=1e-9)
+    assert all(e["steps"] == 5 and not e["success"] for e in eps)
+    assert res["metrics"]["dp_score"] == pytest.approx(np.mean([min(c / 0.95, 1.0) for c in best]), abs=1e-9)
 
 
 def test_dp_policy_in_pusht_gets_sliced_state():
