@@ -23,7 +23,7 @@ import numcodecs
 import numpy as np
 import zarr
 
-from videoaction.data.errors import StoreError
+from videoaction.errors import StoreError
 
 DEFAULT_COMPRESSOR = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
 LOWDIM_CHUNK_STEPS = 4096
@@ -82,6 +82,12 @@ class EpisodeStore:
         path = Path(path)
         if not path.exists():
             raise StoreError(path, "no dataset store at this path")
+        if mode == "r":  # a dataset in another format (LeRobot, robomimic, UMI, ...): read it in place
+            from videoaction.data.formats import open_foreign
+
+            foreign = open_foreign(path)
+            if foreign is not None:
+                return foreign
         try:
             if path.is_file() and path.suffix == ".zip":
                 if mode == "a":
