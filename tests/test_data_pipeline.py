@@ -8,9 +8,9 @@ import torch
 
 from videoaction.config import DatasetConfig, FrameConfig
 from videoaction.data.dataset import SequenceDataset
-from videoaction.data.errors import StoreError, VideoActionError
+from videoaction.errors import StoreError, VideoActionError
 from videoaction.data.normalizer import Normalizer
-from videoaction.data.sampler import SequenceSampler, frame_positions, history_length, split_episodes
+from videoaction.data.sampler import SequenceSampler, frame_positions, split_episodes
 from videoaction.data.store import EpisodeStore
 from videoaction.data.transforms import preprocess_frames, transform_frames
 
@@ -55,7 +55,7 @@ def test_split_is_seeded_and_disjoint():
 def test_uva_frame_selection_and_random_history():
     cfg = FrameConfig(n_history=4, n_future=4, offset=3, stride=4)
     assert frame_positions(cfg, 32).tolist() == [3, 7, 11, 15, 19, 23, 27, 31]
-    assert history_length(cfg) == 16
+    assert cfg.n_obs_steps == 16 and cfg.last_history == 15
     rnd = FrameConfig(n_history=4, n_future=4, offset=3, stride=4, random_history=True)
     rng = np.random.default_rng(0)
     draws = [frame_positions(rnd, 32, rng) for _ in range(50)]

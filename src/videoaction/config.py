@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from videoaction.data.errors import ConfigError
+from videoaction.errors import ConfigError
 
 # Modules that define presets: each exposes ``PRESETS: dict[str, Callable[[], RunConfig]]``.
-PRESET_MODULES = ["videoaction.models.uva.config", "videoaction.models.dp.config"]
+PRESET_MODULES = ["videoaction.models.uva.config", "videoaction.models.dp.config", "videoaction.models.hma.config"]
+PRESET_MODULES.append("videoaction.models.vpp.config")
 
 
 @dataclass
@@ -38,6 +39,28 @@ class FrameConfig:
     offset: int = 3
     stride: int = 4
     random_history: bool = False
+
+    @property
+    def last_history(self) -> int:
+        """Window position of the newest history frame (UVA: 15); random histories end there too."""
+        return self.offset + self.stride * (self.n_history - 1)
+
+    @property
+    def n_obs_steps(self) -> int:
+        """Consecutive observations a policy needs at inference: ``last_history + 1`` (UVA: 16, DP-C: 2)."""
+        return self.last_history + 1
+
+
+def aligned_padding(frames: FrameConfig, horizon: int, first_action: int, n_action_steps: int) -> tuple[int, int]:
+    """``(pad_before, pad_after)`` that make training windows cover every step a rollout asks about.
+
+    ``pad_before = frames.last_history``: the earliest window has its newest history frame at episode step 0 and
+    every earlier position edge-padded with the first frame -- exactly the ``[o0, o0, ...]`` history a rollout
+    feeds at its first step. ``pad_after = horizon - first_action - n_action_steps``: the latest window executes
+    the episode's last ``n_action_steps`` actions (``first_action``: window position of the first executed action;
+    Diffusion Policy's ``Ta - 1`` for its 16-step window).
+    """
+    return frames.last_history, max(0, horizon - first_action - n_action_steps)
 
 
 @dataclass

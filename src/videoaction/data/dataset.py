@@ -2,7 +2,8 @@
 
 Each item (see docs/interfaces.md) holds canonical keys whatever the store calls them:
 ``image`` (F, 3, S, S) in [-1, 1] *or* ``latent`` (F, C, h, w), ``action`` (T, A), ``state`` (T, Ds),
-``is_pad`` (T,), ``frame_index`` (F,), ``episode`` and optionally ``language``.
+``is_pad`` (T,), ``frame_index`` (F,), ``history_action`` (F_history, A) (the action executed right before each
+history frame, NaN at the episode start), ``episode`` and optionally ``language``.
 Augmentation randomness is a pure function of (seed, epoch, item index), so results do not depend on the
 number of loader workers and a resumed run sees exactly the same samples.
 """
@@ -16,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from videoaction.config import DatasetConfig
-from videoaction.data.errors import StoreError
+from videoaction.errors import StoreError
 from videoaction.data.normalizer import Normalizer
 from videoaction.data.sampler import SequenceSampler, frame_positions, split_episodes
 from videoaction.data.store import EpisodeStore
@@ -125,6 +126,14 @@ class SequenceDataset(Dataset):
         uniq, inverse = np.unique(idx, return_inverse=True)
         return self.store.array(self.frame_key).oindex[uniq][inverse]
 
+    def _history_action(self, i: int, buf_idx: np.ndarray, is_pad: np.ndarray, frame_pos: np.ndarray) -> np.ndarray:
+        """(n_history, A): the action executed right before each history frame, NaN where none was (the frame is
+        the episode's first, or an edge-padded copy of it) -- what a rollout's ``ObservationHistory`` reports."""
+        hist = frame_pos[: self.cfg.frames.n_history]
+        prev = buf_idx[hist] - 1
+        known = ~is_pad[hist] & (prev >= self.store.episode_starts[self.sampler.episode(i)])
+        return np.where(known[:, None], self.action[np.maximum(prev, 0)], np.float32(np.nan)).astype(np.float32)
+
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(i)
@@ -134,6 +143,7 @@ class SequenceDataset(Dataset):
         frames = self._read_frames(buf_idx[frame_pos])
         item = {
             "action": torch.from_numpy(self.action[buf_idx]),
+            "history_action": torch.from_numpy(self._history_action(i, buf_idx, is_pad, frame_pos)),
             "is_pad": torch.from_numpy(is_pad),
             "frame_index": torch.from_numpy(frame_pos),
             "episode": self.sampler.episode(i),

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 MODES = ("minmax", "meanstd", "identity")
 
@@ -104,6 +104,13 @@ class Normalizer(nn.Module):
         """(min, max) seen when fitting: the range to clip served actions to."""
         field = self._field(name)
         return field.min, field.max
+
+    def normalized_bound(self, name: str) -> torch.Tensor:
+        """(D,) largest |normalised value| of the fitted data per dim: 1 for min-max, the largest |z-score| for
+        mean-std, the largest |value| for identity; 1 where the field was never fitted (identity defaults)."""
+        field = self._field(name)
+        lo, hi = field(field.min), field(field.max)
+        return torch.maximum(lo.abs(), hi.abs()).clamp_min(1e-6)
 
     def modes(self) -> dict[str, str]:
         return {k: f.mode for k, f in self.fields.items()}

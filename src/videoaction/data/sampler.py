@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from videoaction.config import FrameConfig
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 
 def split_episodes(n_episodes: int, val_ratio: float, seed: int = 42,
@@ -101,7 +101,3 @@ def frame_positions(cfg: FrameConfig, horizon: int, rng: np.random.Generator | N
         pos[: cfg.n_history] = np.concatenate([draws, [h_last]])
     return pos.astype(np.int64)
 
-
-def history_length(cfg: FrameConfig) -> int:
-    """How many consecutive observations the policy needs at inference (last history position + 1)."""
-    return cfg.offset + cfg.stride * (cfg.n_history - 1) + 1

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.eval import metrics as M
 
 
@@ -88,8 +88,7 @@ def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = 
     horizon = ds.horizon
     pos = frame_positions(ds.frames, horizon)
     nh = ds.frames.n_history
-    h_last = int(pos[nh - 1])
-    t_obs = h_last + 1
+    h_last, t_obs = ds.frames.last_history, ds.frames.n_obs_steps
     n_actions = int(policy.horizon)
     a_start = int(getattr(policy, "action_start", h_last))
     if a_start + n_actions > horizon:
@@ -107,6 +106,10 @@ def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = 
                                                                                         np.float32)}
         if ds.state_key:
             w["state"] = np.asarray(ep[ds.state_key][s:s + horizon], np.float32)
+        # the action executed before each step (what a rollout's ObservationHistory reports), NaN before step 0
+        before = np.asarray(ep[ds.action_key][max(s - 1, 0):s], np.float32).reshape(-1, w["action"].shape[-1])
+        nan = np.full((1 - len(before), w["action"].shape[-1]), np.nan, np.float32)
+        w["history_action"] = np.concatenate([nan, before, w["action"][:-1]])
         return w
 
     W = [window(e, s) for e, s in wins]
@@ -121,7 +124,7 @@ def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = 
     if "state" in spec:
         obs_all["state"] = np.stack([w["state"] for w in W])[:, :t_obs, : spec["state"].shape[-1]]
     if "history_action" in spec:
-        obs_all["history_action"] = acts[:, :t_obs]
+        obs_all["history_action"] = np.stack([w["history_action"] for w in W])[:, :t_obs]
     language = None
     if ds.language_key:
         col = store.meta_column(ds.language_key)

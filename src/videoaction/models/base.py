@@ -25,7 +25,11 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from videoaction.data.errors import VideoActionError
+from videoaction.data.normalizer import Normalizer
+from videoaction.data.transforms import preprocess_frames
+from videoaction.errors import VideoActionError
+from videoaction.models.observation import (HISTORY_ACTION, IMAGE, LANGUAGE, STATE, HistoryLayout, select_batch,
+                                            select_observation)
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -35,6 +39,8 @@ EMA_FILE = "ema.safetensors"
 FAMILIES: dict[str, str] = {
     "uva": "videoaction.models.uva.policy:UVAPolicy",
     "dp": "videoaction.models.dp.policy:DiffusionPolicy",
+    "hma": "videoaction.models.hma.policy:HMAPolicy",
+    "vpp": "videoaction.models.vpp.policy:VPPPolicy",
 }
 
 
@@ -65,8 +71,79 @@ class Policy(nn.Module):
         super().__init__()
         self.cfg = cfg  # the full resolved RunConfig (model, dataset, ...)
 
+    # --- what the policy reads (see videoaction.models.observation) ----------------------------------
+    @property
+    def history_layout(self) -> HistoryLayout:
+        """Which of the last ``n_obs_steps`` observations (and which keys) the policy conditions on."""
+        raise NotImplementedError
+
+    @property
+    def n_obs_steps(self) -> int:
+        return self.history_layout.n_obs_steps
+
+    @property
+    def action_chunk_start(self) -> int:
+        """Window position (in training windows) of the first predicted action ``action_pred[:, 0]``."""
+        raise NotImplementedError
+
+    @property
+    def execute_from(self) -> int:
+        """Index into ``action_pred`` of the first executed action; ``action_chunk_start + execute_from`` is the
+        window position of the newest observation (the action for the step being decided)."""
+        return self.history_layout.positions[-1] - self.action_chunk_start
+
+    def build_normalizer(self, action_dim: int, state_dim: int = 0) -> Normalizer:
+        """The policy's normaliser (``action``, and ``state`` when ``state_dim``) in the dataset config's modes;
+        identity until :meth:`set_normalizer` copies fitted statistics in."""
+        ds = self.cfg.dataset
+        dims, modes = {"action": action_dim}, {"action": ds.action_norm}
+        if state_dim:
+            dims["state"], modes["state"] = state_dim, ds.state_norm
+        return Normalizer(dims, modes)
+
+    def preprocess(self, frames) -> torch.Tensor:
+        """uint8 frames (B, F, H, W, 3) -> (B, F, 3, S, S) in [-1, 1] (the dataset's evaluation transform)."""
+        return preprocess_frames(frames, self.cfg.dataset)
+
+    def _normalised_low_dim(self, sel: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        out = {}
+        if STATE in sel:
+            out[STATE] = self.normalizer.normalize("state", sel[STATE].to(self.device, torch.float32))
+        if HISTORY_ACTION in sel:  # NaN (no action executed yet) stays NaN: the family maps it to its token
+            out[HISTORY_ACTION] = self.normalizer.normalize("action", sel[HISTORY_ACTION].to(self.device,
+                                                                                          torch.float32))
+        return out
+
+    def history_inputs(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        """Raw observation -> model inputs of the history: ``image`` (B, n_history, 3, S, S) in [-1, 1], normalised
+        ``state`` / ``history_action`` (as the layout needs), ``language``."""
+        sel = select_observation(obs, self.history_layout)
+        out: dict[str, Any] = {IMAGE: self.preprocess(sel[IMAGE].to(self.device))}
+        out.update(self._normalised_low_dim(sel))
+        if LANGUAGE in sel:
+            out[LANGUAGE] = sel[LANGUAGE]
+        return out
+
+    def batch_history_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Training batch -> the same model inputs as :meth:`history_inputs` (``latent`` instead of ``image`` for
+        a latent store)."""
+        sel = select_batch(batch, self.history_layout)
+        out: dict[str, Any] = {k: sel[k].to(self.device, torch.float32) for k in (IMAGE, "latent") if k in sel}
+        out.update(self._normalised_low_dim(sel))
+        if LANGUAGE in sel:
+            out[LANGUAGE] = sel[LANGUAGE]
+        return out
+
+    def action_clip_bound(self) -> torch.Tensor:
+        """(A,) bound for clipping denoised normalised actions: the training data's range in normalised units
+        (min-max: 1; mean-std: the largest |z-score| seen per dim; identity: the largest |value|)."""
+        return self.normalizer.normalized_bound("action")
+
     # --- training -----------------------------------------------------------------------------
-    def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> LossOutput:
+    def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
+                     mode: str | None = None) -> LossOutput:
+        """Loss of one batch. ``mode``: a family's training mode for this batch (UVA: a task mode such as
+        ``"video_model"`` for action-free batches); None = the family's own choice."""
         raise NotImplementedError
 
     def set_normalizer(self, normalizer) -> None:

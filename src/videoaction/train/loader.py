@@ -10,14 +10,13 @@ its augmentation seed (``SequenceDataset.set_epoch``).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 
 @dataclass
@@ -178,19 +177,10 @@ def make_order(n: int, batch_size: int, world_size: int, rank: int, seed: int, p
     return MixedOrder(main, BatchOrder(len(vid), batch_size, world_size, rank, seed + 1, index_map=vid), every)
 
 
-@contextlib.contextmanager
-def video_only_modes(model_cfg, on: bool):
-    """Restrict a model config's ``task_modes`` to ``video_model`` for an action-free batch (UVA reads its task
-    modes at every ``compute_loss``)."""
-    if not on:
-        yield
-        return
-    saved = model_cfg.task_modes
-    model_cfg.task_modes = ("video_model",)
-    try:
-        yield
-    finally:
-        model_cfg.task_modes = saved
+def batch_mode(video_only: bool) -> str | None:
+    """The task mode ``compute_loss(batch, mode=...)`` must use for a batch: ``video_model`` for an action-free
+    batch (it has no action targets), None (the model's own choice) otherwise."""
+    return "video_model" if video_only else None
 
 
 def make_loader(dataset, order: "BatchOrder | MixedOrder", num_workers: int = 0,

@@ -23,14 +23,16 @@ import torch
 from torch import nn
 
 from videoaction.config import RunConfig, to_dict
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.train import checkpoint as ck
 from videoaction.train.ema import EMA
-from videoaction.train.loader import make_loader, make_order, move_batch, split_action_free, video_only_modes
+from videoaction.train.loader import batch_mode, make_loader, make_order, move_batch, split_action_free
 from videoaction.train.metrics import MetricsLogger
+from videoaction.train.optim import clip_gradients, make_adamw
 from videoaction.utils.io import atomic_write_json
-from videoaction.train.setup import (batch_shapes, check_latent_fit, check_policy_fits, count_params, fill_model_sizes,
-                                     init_from_mar_weights, load_init, param_groups, prepare_tokenizer)
+from videoaction.train.setup import (auto_latent_cache, batch_shapes, check_latent_fit, check_policy_fits,
+                                     count_params, fill_model_sizes, init_from_mar_weights, load_init, param_groups,
+                                     prepare_tokenizer)
 
 
 class TrainError(VideoActionError):
@@ -53,6 +55,9 @@ class TrainOptions:
     progress: bool = True
     eval_fn: Callable[[nn.Module, int], dict] | None = None  # (EMA policy, step) -> metrics, every eval_every
     action_free_every: int = 4  # episodes with meta has_action=False: every K-th micro-batch, video-only modes
+    # "auto": an image store is encoded once by the frozen tokenizer into DIR/latents.zarr and the run trains on the
+    # latents (setup.auto_latent_cache says when it cannot); "off": the tokenizer encodes the frames at every step
+    latent_cache: str = "auto"
     log: Callable[[str], None] = print
 
 
@@ -74,8 +79,8 @@ class _LossModule(nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None):
-        out = self.policy.compute_loss(batch, generator=generator)
+    def forward(self, batch: dict, generator: torch.Generator | None = None, mode: str | None = None):
+        out = self.policy.compute_loss(batch, generator=generator, mode=mode)
         return out.loss, out.terms
 
 
@@ -138,6 +143,13 @@ class Trainer:
                                 self.log, self.main, self.acc.wait_for_everyone, progress=opts.progress)
         if tok:
             self.reports["tokenizer"] = tok
+        if opts.latent_cache == "auto":
+            cache = auto_latent_cache(cfg, store, self.run_dir, self.log, self.acc.wait_for_everyone,
+                                      str(self.acc.device), progress=opts.progress and self.main)
+            if cache is not None:
+                store, self.reports["latent_cache"] = cache, str(cache.path)
+        elif opts.latent_cache != "off":
+            raise VideoActionError(f"TrainOptions.latent_cache must be 'auto' or 'off', found {opts.latent_cache!r}")
         self.dataset = SequenceDataset(store, cfg.dataset, split="train", seed=cfg.seed)
         fill_model_sizes(cfg, self.dataset, self.log)
         normalizer, self.has_action, self.pools = split_action_free(
@@ -165,7 +177,7 @@ class Trainer:
         self.ema = EMA(self.policy, power=cfg.optim.ema_power, max_decay=cfg.optim.ema_max) \
             if cfg.optim.ema and self.main else None
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(param_groups(self.policy, o.weight_decay), lr=o.lr, betas=tuple(o.betas))
+        self.optimizer = make_adamw(param_groups(self.policy, o.weight_decay), o.lr, tuple(o.betas))
         from diffusers.optimization import get_scheduler
 
         self.scheduler = get_scheduler(o.scheduler, self.optimizer, num_warmup_steps=o.warmup_steps,
@@ -270,7 +282,7 @@ class Trainer:
     def _val_loss(self) -> float | None:
         if self.val_dataset is None:
             return None
-        model = self.ema.module if self.ema is not None else self.self.policy
+        model = self.ema.module if self.ema is not None else self.policy
         was_training = model.training
         model.eval()
         gen = torch.Generator(device=self.acc.device).manual_seed(12345)
@@ -427,8 +439,7 @@ class Trainer:
             self.order.next_batch()  # keep the resumable state in step with the loader
             with acc.accumulate(self.model):
                 try:
-                    with video_only_modes(self.cfg.model, video_only):
-                        loss, terms = self.model(batch, self.generator)
+                    loss, terms = self.model(batch, self.generator, batch_mode(video_only))
                 except VideoActionError:
                     raise
                 except (RuntimeError, ValueError, KeyError, IndexError) as exc:
@@ -447,11 +458,8 @@ class Trainer:
                     self._nonfinite(terms, batch)
                 acc.backward(loss)
                 if acc.sync_gradients:
-                    if o.grad_clip > 0:
-                        grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), o.grad_clip))
-                    else:
-                        norms = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
-                        grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+                    acc.unscale_gradients()  # fp16: true gradient scale before measuring / clipping
+                    grad_norm = clip_gradients(self.model.parameters(), o.grad_clip)
                     if not math.isfinite(grad_norm) and o.mixed_precision != "fp16":
                         self._nonfinite({**terms, "grad_norm": grad_norm}, batch)
                     self.optimizer.step()
@@ -466,7 +474,7 @@ class Trainer:
     def _evaluate(self) -> None:
         """``opts.eval_fn(policy, step)`` on the main process (EMA weights when present); logged, used for best."""
         if self.main:
-            policy = self.ema.module if self.ema is not None else self.self.policy
+            policy = self.ema.module if self.ema is not None else self.policy
             was = policy.training
             policy.eval()
             results = self.opts.eval_fn(policy, self.step) or {}

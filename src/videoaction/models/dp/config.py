@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from videoaction.config import DatasetConfig, FrameConfig, OptimConfig, RunConfig
+from videoaction.config import DatasetConfig, FrameConfig, OptimConfig, RunConfig, aligned_padding
 
 
 @dataclass
@@ -54,9 +54,10 @@ class DPRunConfig(RunConfig):
 
 
 def _dp_dataset(image_size: int, crop_ratio: float, state_dims: int = 2) -> DatasetConfig:
-    # window of 16 steps: 2 observed (frames 0, 1), actions over all 16; DP's padding (To - 1, Ta - 1)
-    return DatasetConfig(horizon=16, pad_before=1, pad_after=7, state_dims=state_dims,
-                         frames=FrameConfig(n_history=2, n_future=0, offset=0, stride=1, random_history=False),
+    # window of 16 steps: 2 observed (frames 0, 1), actions over all 16; DP's padding (To - 1, Ta - 1) = (1, 7)
+    frames = FrameConfig(n_history=2, n_future=0, offset=0, stride=1, random_history=False)
+    before, after = aligned_padding(frames, 16, first_action=frames.last_history, n_action_steps=8)
+    return DatasetConfig(horizon=16, pad_before=before, pad_after=after, state_dims=state_dims, frames=frames,
                          image_size=image_size, crop_ratio=crop_ratio, val_ratio=0.02)
 
 
@@ -83,3 +84,15 @@ def dp_tiny() -> DPRunConfig:
 
 
 PRESETS: dict[str, Callable[[], RunConfig]] = {"dp-tiny": dp_tiny, "dp-base": dp_base}
+
+
+def dp_tiny_image_only() -> DPRunConfig:
+    """``dp-tiny`` without agent_pos: frames alone (``dp-tiny`` is PushT's standard image + agent_pos)."""
+    cfg = dp_tiny()
+    cfg.preset = "dp-tiny-image-only"
+    cfg.dataset.state_key, cfg.dataset.state_dims = None, None
+    cfg.model.state_dim = 0
+    return cfg
+
+
+PRESETS.update({"dp-tiny-image-only": dp_tiny_image_only})

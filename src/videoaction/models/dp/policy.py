@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from videoaction.data.errors import ConfigError, VideoActionError
-from videoaction.data.normalizer import Normalizer
-from videoaction.data.transforms import preprocess_frames
+from videoaction.errors import ConfigError, VideoActionError
 from videoaction.models.base import LossOutput, ObsSpec, Policy
+from videoaction.models.observation import HistoryLayout
 from videoaction.models.dp.config import DPConfig, DPRunConfig
 from videoaction.models.dp.unet1d import ConditionalUnet1D
 from videoaction.models.dp.vision import ImageEncoder
@@ -43,11 +41,8 @@ class DiffusionPolicy(Policy):
         self.global_cond_dim = m.n_obs_steps * (m.image_feature_dim + m.state_dim)
         self.model = ConditionalUnet1D(m.action_dim, self.global_cond_dim, m.step_embed_dim, m.down_dims,
                                        m.kernel_size, m.n_groups, m.cond_predict_scale)
-        dims = {"action": m.action_dim}
-        modes = {"action": cfg.dataset.action_norm}
-        if m.state_dim:
-            dims["state"], modes["state"] = m.state_dim, cfg.dataset.state_norm
-        self.normalizer = Normalizer(dims, modes)  # unfitted = identity until set_normalizer
+        self._layout = HistoryLayout.from_frames(cfg.dataset.frames, state_dim=m.state_dim)
+        self.normalizer = self.build_normalizer(m.action_dim, m.state_dim)  # identity until set_normalizer
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=m.num_train_steps, beta_schedule=m.beta_schedule,
                                              clip_sample=m.clip_sample, prediction_type=m.prediction_type,
                                              variance_type="fixed_small")
@@ -65,6 +60,15 @@ class DiffusionPolicy(Policy):
     @property
     def horizon(self) -> int:
         return self.cfg.dataset.horizon
+
+    @property
+    def history_layout(self) -> HistoryLayout:
+        """The last ``n_obs_steps`` observations, all of them (positions 0 .. To - 1)."""
+        return self._layout
+
+    @property
+    def action_chunk_start(self) -> int:
+        return 0  # the chunk covers the whole window; execution starts at To - 1 (the newest observation)
 
     def observation_spec(self) -> dict[str, ObsSpec]:
         m = self.mcfg
@@ -88,12 +92,16 @@ class DiffusionPolicy(Policy):
         return feat.reshape(b, -1)
 
     # ------------------------------------------------------------------------------------------ training
-    def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> LossOutput:
+    def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
+                     mode: str | None = None) -> LossOutput:
         m = self.mcfg
+        if mode is not None:
+            raise VideoActionError(f"DP has no training modes (asked for {mode!r}): it trains on action windows only")
         if "image" not in batch:
             raise VideoActionError(f"DP batch needs 'image' (B, {m.n_obs_steps}, 3, S, S); keys: {sorted(batch)}")
         device = self.device
-        image = batch["image"].to(device)
+        hist = self.batch_history_inputs(batch)
+        image, state = hist["image"], hist.get("state")
         action = batch["action"].to(device)
         if image.ndim != 5 or image.shape[1] != m.n_obs_steps:
             raise VideoActionError(f"DP batch 'image': expected (B, {m.n_obs_steps}, 3, S, S), got {tuple(image.shape)}")
@@ -101,17 +109,6 @@ class DiffusionPolicy(Policy):
             raise VideoActionError(f"DP batch 'action': expected (B, {self.horizon}, {m.action_dim}), "
                                    f"got {tuple(action.shape)}")
         b = action.shape[0]
-        state = None
-        if m.state_dim:
-            if "state" not in batch:
-                raise VideoActionError(f"DP batch needs 'state' (B, T, {m.state_dim}); keys: {sorted(batch)}")
-            full = batch["state"].to(device)
-            if "frame_index" in batch:  # proprio at the observed frames' window positions
-                idx = batch["frame_index"].to(device).long()[..., None].expand(-1, -1, full.shape[-1])
-                obs_state = torch.gather(full, 1, idx)
-            else:
-                obs_state = full[:, : m.n_obs_steps]
-            state = self.normalizer.normalize("state", obs_state)
         naction = self.normalizer.normalize("action", action)  # (B, T, A) in [-1, 1]
         cond = self._global_cond(image, state)
 
@@ -131,40 +128,19 @@ class DiffusionPolicy(Policy):
 
     # ------------------------------------------------------------------------------------------ inference
     def _scheduler(self, sampler: str):
+        """The sampling scheduler; its x0 clipping (``clip_sample``) bound is the training actions' range in
+        normalised units (1 for min-max, the largest |z-score| for mean-std; the max over action dims)."""
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown DP sampler {sampler!r}; expected one of {SAMPLERS}")
-        if sampler == "ddpm":
-            return self.noise_scheduler
-        if "ddim" not in self._samplers:
-            m = self.mcfg
-            self._samplers["ddim"] = DDIMScheduler(num_train_timesteps=m.num_train_steps, beta_schedule=m.beta_schedule,
-                                                   clip_sample=m.clip_sample, prediction_type=m.prediction_type,
-                                                   set_alpha_to_one=True, steps_offset=0)
-        return self._samplers["ddim"]
-
-    def _prepare_obs(self, obs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         m = self.mcfg
-        if "image" not in obs:
-            raise VideoActionError(f"DP observation needs 'image' uint8 (B, {m.n_obs_steps}, H, W, 3); "
-                                   f"keys: {sorted(obs)}")
-        img = obs["image"]
-        img = img if isinstance(img, torch.Tensor) else torch.from_numpy(np.asarray(img))
-        if img.ndim != 5 or img.shape[1] != m.n_obs_steps or img.shape[-1] != 3:
-            raise VideoActionError(f"DP observation 'image': expected (B, {m.n_obs_steps}, H, W, 3) uint8, "
-                                   f"got {tuple(img.shape)} {img.dtype}")
-        image = preprocess_frames(img.to(self.device), self.cfg.dataset)  # (B, To, 3, S, S) on the model device
-        state = None
-        if m.state_dim:
-            if "state" not in obs:
-                raise VideoActionError(f"DP observation needs 'state' (B, {m.n_obs_steps}, {m.state_dim}); "
-                                       f"keys: {sorted(obs)}")
-            st = torch.as_tensor(np.asarray(obs["state"]) if not isinstance(obs["state"], torch.Tensor) else obs["state"])
-            if st.ndim != 3 or st.shape[1] != m.n_obs_steps or st.shape[0] != image.shape[0] or st.shape[2] < m.state_dim:
-                raise VideoActionError(f"DP observation 'state': expected (B={image.shape[0]}, {m.n_obs_steps}, "
-                                       f">={m.state_dim}), got {tuple(st.shape)}")
-            st = st[..., : m.state_dim].to(self.device, torch.float32)  # first state_dims dims, as in training
-            state = self.normalizer.normalize("state", st)
-        return image, state
+        bound = round(float(self.action_clip_bound().max()), 6)
+        key = (sampler, bound)
+        if key not in self._samplers:
+            common = dict(num_train_timesteps=m.num_train_steps, beta_schedule=m.beta_schedule,
+                          clip_sample=m.clip_sample, clip_sample_range=bound, prediction_type=m.prediction_type)
+            self._samplers[key] = (DDPMScheduler(**common, variance_type="fixed_small") if sampler == "ddpm" else
+                                   DDIMScheduler(**common, set_alpha_to_one=True, steps_offset=0))
+        return self._samplers[key]
 
     def predict_action(self, obs: Mapping[str, Any], sampler: str | None = None, num_steps: int | None = None,
                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -178,7 +154,8 @@ class DiffusionPolicy(Policy):
         if not 1 <= num_steps <= m.num_train_steps:
             raise ConfigError(f"DP num_steps must be in [1, {m.num_train_steps}], got {num_steps}")
         scheduler = self._scheduler(sampler)
-        image, state = self._prepare_obs(obs)
+        hist = self.history_inputs(obs)
+        image, state = hist["image"], hist.get("state")
         b = image.shape[0]
         cond = self._global_cond(image, state)
         traj = randn_tensor((b, self.horizon, m.action_dim), generator=generator, device=self.device, dtype=cond.dtype)
@@ -188,7 +165,7 @@ class DiffusionPolicy(Policy):
             out = self.model(traj, t, cond)
             traj = scheduler.step(out, t, traj, generator=generator, **extra).prev_sample
         action_pred = self.normalizer.unnormalize("action", traj)  # (B, T, A)
-        start = m.n_obs_steps - 1
+        start = self.execute_from  # To - 1
         return {"action": action_pred[:, start: start + m.n_action_steps], "action_pred": action_pred}
 
 

@@ -47,8 +47,9 @@ class ActionHead(DiffusionHead):
 
     def sample_actions(self, z: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0, num_steps: int | None = None,
                        sampler: str | None = None, generator: torch.Generator | None = None,
-                       guidance: bool | None = None) -> torch.Tensor:
-        """Normalised actions (B, n_actions, A); guided (``cfg != 1`` or ``guidance``): z is [cond; uncond] (2B, ...)."""
+                       guidance: bool | None = None, clip_range: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised actions (B, n_actions, A); guided (``cfg != 1`` or ``guidance``): z is [cond; uncond] (2B, ...).
+        ``clip_range``: per-dim bound (A,) for the denoised actions when the head clips (default ``cfg.clip_range``)."""
         guided = (cfg != 1.0) if guidance is None else bool(guidance)
         cond = self.aggregate(z)  # (B', n, D)
         b = cond.shape[0] // (2 if guided else 1)
@@ -57,5 +58,5 @@ class ActionHead(DiffusionHead):
         else:
             flat = cond.reshape(-1, self.width)
         out = self.sample(flat, temperature=temperature, cfg=cfg, num_steps=num_steps, sampler=sampler,
-                          generator=generator, guidance=guided)
+                          generator=generator, guidance=guided, clip_range=clip_range)
         return out.reshape(b, self.n_actions, -1)

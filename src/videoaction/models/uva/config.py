@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from videoaction.config import DatasetConfig, FrameConfig, OptimConfig, RunConfig
-from videoaction.data.errors import ConfigError
+from videoaction.config import DatasetConfig, FrameConfig, OptimConfig, RunConfig, aligned_padding
+from videoaction.errors import ConfigError
 from videoaction.nn.diffusion import DiffusionHeadConfig
 from videoaction.nn.text import TextEncoderConfig
 from videoaction.nn.tokenizer import TokenizerConfig
@@ -80,8 +80,20 @@ class UVAConfig:
     cfg: float = 1.0
     cfg_schedule: str = "linear"  # linear | constant
     cfg_condition: str = "auto"  # which condition the unconditional half drops: auto | text | history
-    act_cfg: float = 1.0
+    act_cfg: float = 1.0  # != 1: policy-mode training drops the guidance condition too (history: history_drop_prob)
     temperature: float = 0.95
+
+    @property
+    def guidance_condition(self) -> str:
+        """The condition the unconditional half of classifier-free guidance drops: ``text`` or ``history``."""
+        return self.cfg_condition if self.cfg_condition != "auto" else ("text" if self.language else "history")
+
+    @property
+    def history_drop_modes(self) -> tuple[str, ...]:
+        """Task modes whose training drops the history with ``history_drop_prob``: the video modes, and the modes
+        with an action loss too when action guidance is configured (else its unconditional branch is untrained)."""
+        modes = ("video_model", "dynamic_model")
+        return modes + ("policy_model", "full_dynamic_model") if self.act_cfg != 1.0 else modes
 
     def validate(self) -> None:
         bad = [m for m in self.task_modes if m not in TASK_MODES]
@@ -97,6 +109,12 @@ class UVAConfig:
             raise ConfigError(f"model.cfg_schedule must be linear or constant, found {self.cfg_schedule!r}")
         if self.cfg_condition not in ("auto", "text", "history"):
             raise ConfigError(f"model.cfg_condition must be auto, text or history, found {self.cfg_condition!r}")
+        if self.act_cfg != 1.0 and self.predict_action:
+            drop = "label_drop_prob" if self.guidance_condition == "text" else "history_drop_prob"
+            if getattr(self, drop) <= 0 or (drop == "label_drop_prob" and not self.language):
+                raise ConfigError(f"model.act_cfg {self.act_cfg}: action guidance drops the "
+                                  f"{self.guidance_condition} condition, so training must drop it too: set "
+                                  f"model.{drop} > 0 (or model.act_cfg 1)")
         if self.n_action_steps > self.n_actions:
             raise ConfigError(f"model.n_action_steps {self.n_action_steps} > model.n_actions {self.n_actions}")
 
@@ -123,10 +141,11 @@ class UVARunConfig(RunConfig):
 
 
 def _uva_dataset(image_size: int, **kw) -> DatasetConfig:
-    # window of 32 steps, frames [3, 7, 11, 15 | 19, 23, 27, 31], DP padding 1 / 7 (uva.md §4)
-    return DatasetConfig(horizon=32, pad_before=1, pad_after=7,
-                         frames=FrameConfig(n_history=4, n_future=4, offset=3, stride=4, random_history=False),
-                         image_size=image_size, **kw)
+    """Window of 32 steps, frames [3, 7, 11, 15 | 19, 23, 27, 31] (uva.md §4), padded 15 / 9 (the reference pads
+    1 / 7): every step a rollout reaches is trained, episode start included (see :func:`aligned_padding`)."""
+    frames = FrameConfig(n_history=4, n_future=4, offset=3, stride=4, random_history=False)
+    before, after = aligned_padding(frames, 32, first_action=frames.last_history, n_action_steps=8)
+    return DatasetConfig(horizon=32, pad_before=before, pad_after=after, frames=frames, image_size=image_size, **kw)
 
 
 def uva_tiny() -> UVARunConfig:
@@ -208,3 +227,73 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "uva-base-video": uva_base_video,
     "uva-base-lang": uva_base_lang,
 }
+
+
+# ------------------------------------------------------------------------- observation-protocol presets (CPU)
+# PushT: image + agent_pos (the first 2 state dims), as Diffusion Policy's image task; ``-image-only``: frames alone.
+# Metaworld: camera image + the 4-d proprio (hand xyz, gripper) and the task instruction; object and goal poses
+# only in the preset whose name says ``privileged_state``.
+def _with_state(cfg: UVARunConfig, preset: str, state_dims: int | None) -> UVARunConfig:
+    cfg.preset = preset
+    cfg.dataset.state_key, cfg.dataset.state_dims = "state", state_dims
+    cfg.model.use_state = True
+    if state_dims:
+        cfg.model.state_dim = state_dims
+    return cfg
+
+
+def uva_tiny_pusht() -> UVARunConfig:
+    """``uva-tiny`` on PushT's standard observation: 64 px frames + agent_pos."""
+    return _with_state(uva_tiny(), "uva-tiny-pusht", 2)
+
+
+def uva_tiny_pusht_image_only() -> UVARunConfig:
+    cfg = uva_tiny()
+    cfg.preset = "uva-tiny-pusht-image-only"
+    return cfg
+
+
+def uva_tiny_action() -> UVARunConfig:
+    """UVA-action, the paper's central ablation: ``uva-tiny-pusht`` trained on the policy mode alone (no video
+    loss, no video/dynamics/inverse modes); architecture, data, optimiser and inference are the same."""
+    cfg = uva_tiny_pusht()
+    cfg.preset = "uva-tiny-action"
+    cfg.model.task_modes = ("policy_model",)
+    return cfg
+
+
+def _metaworld(cfg: UVARunConfig, preset: str, state_dims: int | None) -> UVARunConfig:
+    """Several Metaworld tasks in one model, conditioned on the instruction (a learned task embedding, 4 tokens)."""
+    cfg = _with_state(cfg, preset, state_dims)
+    cfg.dataset.language_key = "language"
+    m = cfg.model
+    m.language, m.text.kind, m.text.dim, m.text_dim, m.text_tokens = True, "task_embedding", 64, 64, 4
+    m.label_drop_prob = 0.0  # the instruction is always known: no classifier-free guidance on it
+    return cfg
+
+
+def uva_tiny_metaworld() -> UVARunConfig:
+    """Metaworld's standard observation: camera image + 4-d proprio (hand position, gripper) + instruction."""
+    return _metaworld(uva_tiny(), "uva-tiny-metaworld", 4)
+
+
+def uva_tiny_action_metaworld() -> UVARunConfig:
+    cfg = _metaworld(uva_tiny(), "uva-tiny-action-metaworld", 4)
+    cfg.model.task_modes = ("policy_model",)
+    return cfg
+
+
+def uva_tiny_metaworld_privileged_state() -> UVARunConfig:
+    """The full 39-d Metaworld state (object and goal poses included): a state-only network could solve the easy
+    tasks without looking at a pixel, so numbers from it are labelled ``privileged_state`` everywhere."""
+    return _metaworld(uva_tiny(), "uva-tiny-metaworld-privileged_state", None)
+
+
+PRESETS.update({
+    "uva-tiny-pusht": uva_tiny_pusht,
+    "uva-tiny-pusht-image-only": uva_tiny_pusht_image_only,
+    "uva-tiny-action": uva_tiny_action,
+    "uva-tiny-metaworld": uva_tiny_metaworld,
+    "uva-tiny-action-metaworld": uva_tiny_action_metaworld,
+    "uva-tiny-metaworld-privileged_state": uva_tiny_metaworld_privileged_state,
+})

@@ -133,7 +133,9 @@ class UVANetwork(nn.Module):
         future_mask: (B, L) bool, True -> that spatial position is fake in every future frame; None = all visible.
         history: latents (B, T_h, C, h, w), or None = hidden (inverse_model); history_drop (B,) hides per sample.
         actions: normalised (B, n_actions, A) (dynamic_model) or None = fake_action_latent.
-        state: normalised (B, T_h, Ds); history_actions: (B, n_ha, A); text: (B, text_dim), text_drop (B,) bool.
+        state: normalised (B, T_h, Ds); history_actions: normalised (B, n_ha, A), the action executed before each
+        history frame, NaN rows (none executed: episode start) -> ``fake_action_latent``; text: (B, text_dim),
+        text_drop (B,) bool.
         """
         b = next(t.shape[0] for t in (future, history, actions, text) if t is not None) if batch_size is None \
             else batch_size
@@ -166,7 +168,10 @@ class UVANetwork(nn.Module):
         if self.n_history_actions:
             if history_actions is None:
                 raise ValueError("UVANetwork: model.use_history_action is on but no history actions were given")
-            streams.append(self.history_action_proj_cond(history_actions)[:, self._hist_action_index])
+            known = ~torch.isnan(history_actions).any(-1, keepdim=True)  # (B, n_ha, 1); NaN = none executed yet
+            ha = self.history_action_proj_cond(torch.nan_to_num(history_actions))
+            ha = torch.where(known, ha, self.fake_action_latent.to(ha.dtype))  # the learned "no action" token
+            streams.append(ha[:, self._hist_action_index])
         x = self.proj_cond_x_layer(torch.cat(streams, dim=-1))  # (B, N, D)
         pos = (self.temporal_pos_embed.unsqueeze(2) + self.spatial_pos_embed.unsqueeze(1)).reshape(1, n, d)
         x = x + pos

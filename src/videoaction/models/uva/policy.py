@@ -24,11 +24,12 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from einops import rearrange, repeat
 
-from videoaction.data.errors import VideoActionError
-from videoaction.data.normalizer import Normalizer
+from videoaction.errors import VideoActionError
 from videoaction.data.sampler import frame_positions
 from videoaction.models.base import LossOutput, ObsSpec, Policy
+from videoaction.models.observation import HistoryLayout, select_observation
 from videoaction.models.uva.config import UVARunConfig
 from videoaction.models.uva.masking import (MODE_SPECS, choose_mode, gen_device, random_spatial_mask,
                                             sample_mask_ratio)
@@ -79,9 +80,12 @@ class UVAPolicy(UVASamplingMixin, Policy):
         if ds.image_size % s:
             raise VideoActionError(f"dataset.image_size {ds.image_size} is not a multiple of the tokenizer stride {s}")
         grid = (ds.image_size // s, ds.image_size // s)
-        pos = frame_positions(fr, ds.horizon)
-        self.history_positions = [int(p) for p in pos[: fr.n_history]]
-        self.h_last = self.history_positions[-1]
+        frame_positions(fr, ds.horizon)  # validates that the frames fit the window
+        self._layout = HistoryLayout.from_frames(fr, state_dim=m.state_dim if m.use_state else 0,
+                                                 history_action_dim=m.action_dim if m.use_history_action else 0,
+                                                 language=m.language)
+        self.history_positions = list(self._layout.positions)
+        self.h_last = fr.last_history
         self.action_start = self.h_last if m.shift_action else self.h_last + 1
         if self.action_start + m.n_actions > ds.horizon:
             raise VideoActionError(f"model.n_actions {m.n_actions} from window position {self.action_start} does "
@@ -100,12 +104,8 @@ class UVAPolicy(UVASamplingMixin, Policy):
             self.text_encoder = build_text_encoder(m.text)  # learned: its weights are in the state dict
             m.text_dim = int(self.text_encoder.dim)
         self.model = UVANetwork(m, self.tokenizer.latent_channels, grid, fr.n_future, fr.n_history,
-                                n_history_actions=self.h_last + 1)
-        dims = {"action": m.action_dim}
-        modes = {"action": ds.action_norm}
-        if m.use_state or m.predict_state:
-            dims["state"], modes["state"] = m.state_dim, ds.state_norm
-        self.normalizer = Normalizer(dims, modes)
+                                n_history_actions=fr.n_history)
+        self.normalizer = self.build_normalizer(m.action_dim, m.state_dim if m.use_state or m.predict_state else 0)
 
     # ------------------------------------------------------------------------------------------ basics
     @property
@@ -121,9 +121,13 @@ class UVAPolicy(UVASamplingMixin, Policy):
         return self.cfg.model.n_actions
 
     @property
-    def n_obs_steps(self) -> int:
-        """Consecutive observations ``predict_action`` needs (last history position + 1; 16 for the reference)."""
-        return self.h_last + 1
+    def action_chunk_start(self) -> int:
+        return self.action_start  # h_last (shift_action) or h_last + 1
+
+    @property
+    def history_layout(self) -> HistoryLayout:
+        """History frames at ``dataset.frames`` positions of the last ``last_history + 1`` observations (16)."""
+        return self._layout
 
     @property
     def device(self) -> torch.device:
@@ -204,12 +208,6 @@ class UVAPolicy(UVASamplingMixin, Policy):
             cache.popitem(last=False)
         return out.reshape(b, f, *out.shape[1:])
 
-    def preprocess(self, frames) -> torch.Tensor:
-        """uint8 frames (B, F, H, W, 3) -> (B, F, 3, S, S) in [-1, 1] (the dataset's evaluation transform)."""
-        from videoaction.data.transforms import preprocess_frames
-
-        return preprocess_frames(frames, self.cfg.dataset)
-
     def encode_text(self, texts) -> torch.Tensor:
         """Instructions (list of B strings) -> text features (B, text_dim)."""
         m = self.cfg.model
@@ -240,35 +238,15 @@ class UVAPolicy(UVASamplingMixin, Policy):
 
     def condition(self, obs: Mapping[str, Any]) -> Cond:
         """Raw observation -> the model's conditions (history latents picked at the configured positions)."""
-        m = self.cfg.model
-        if "image" not in obs:
-            raise VideoActionError(f"observation: missing key 'image'; got keys {sorted(obs)}")
-        img = torch.as_tensor(np.asarray(obs["image"])) if not isinstance(obs["image"], torch.Tensor) else obs["image"]
-        t_need = self.n_obs_steps
-        if img.dim() != 5 or img.shape[1] < t_need or img.shape[-1] != 3:
-            raise VideoActionError(f"observation 'image': expected (B, {t_need}, H, W, 3) uint8 (the last "
-                                   f"{t_need} frames), found shape {tuple(img.shape)}")
-        img = img[:, img.shape[1] - t_need:]
-        cond: Cond = {"history": self.encode_observed(img[:, self.history_positions])}
-        b = img.shape[0]
-        if m.use_state:
-            st = torch.as_tensor(np.asarray(obs["state"]), dtype=torch.float32) if "state" in obs else None
-            if st is None or st.dim() != 3 or st.shape[1] < t_need or st.shape[2] != m.state_dim:
-                raise VideoActionError(f"observation 'state': expected (B, {t_need}, {m.state_dim}) float32, found "
-                                       f"{None if st is None else tuple(st.shape)}")
-            st = st[:, st.shape[1] - t_need:][:, self.history_positions].to(self.device)
-            cond["state"] = self.normalizer.normalize("state", st)
-        if m.use_history_action:
-            ha = obs.get("history_action")
-            ha = None if ha is None else torch.as_tensor(np.asarray(ha), dtype=torch.float32)
-            if ha is None or ha.dim() != 3 or ha.shape[1] < t_need:
-                raise VideoActionError(f"observation 'history_action': expected (B, {t_need}, {m.action_dim})")
-            cond["history_actions"] = self.normalizer.normalize("action", ha[:, ha.shape[1] - t_need:].to(self.device))
-        if m.language:
-            lang = obs.get("language")
-            if lang is None or len(lang) != b:
-                raise VideoActionError(f"observation 'language': expected a list of {b} instructions, found {lang!r}")
-            cond["text"] = self.encode_text(lang)
+        sel = select_observation(obs, self.history_layout)
+        cond: Cond = {"history": self.encode_observed(sel["image"])}
+        low = self._normalised_low_dim(sel)
+        if "state" in low:
+            cond["state"] = low["state"]
+        if "history_action" in low:
+            cond["history_actions"] = low["history_action"]
+        if "language" in sel:
+            cond["text"] = self.encode_text(sel["language"])
         return cond
 
     # ------------------------------------------------------------------------------------------ public inference
@@ -279,8 +257,15 @@ class UVAPolicy(UVASamplingMixin, Policy):
         """Policy: ``{"action": (B, n_action_steps, A), "action_pred": (B, n_actions, A)}`` un-normalised.
 
         One encoder/decoder pass with every future token fake (policy_model), then the action head; ``sampler`` /
-        ``num_steps`` override the head's configured sampler (e.g. ``"ddim"``, 16).
+        ``num_steps`` override the head's configured sampler (e.g. ``"ddim"``, 16). The first action is for the
+        step of the newest observation, so ``model.shift_action`` False (targets start one step later) is refused.
         """
+        if not self.cfg.model.shift_action:
+            raise VideoActionError(
+                "predict_action: this UVA model was trained with model.shift_action False, so its first predicted "
+                f"action is for the step after the newest observation (window position {self.action_start}, the "
+                f"newest frame is at {self.h_last}); executing it now would act one step late. Train with "
+                "model.shift_action True for closed-loop control (predict_video / inverse_dynamics still work)")
         cond = self.condition(obs)
         a = self.sample_actions(cond, temperature=temperature, cfg=cfg, sampler=sampler, num_steps=num_steps,
                                 generator=generator)
@@ -294,8 +279,9 @@ class UVAPolicy(UVASamplingMixin, Policy):
         if not self.cfg.model.predict_state:
             raise VideoActionError("this UVA model has no proprio-prediction head (model.predict_state is False)")
         z = self._forward(self.condition(obs))
+        bound = self.normalizer.normalized_bound("state") * float(self.cfg.model.action_head.clip_range)
         s = self.model.diffproploss.sample_actions(z, temperature=self.cfg.model.temperature, num_steps=num_steps,
-                                                   sampler=sampler, generator=generator)
+                                                   sampler=sampler, generator=generator, clip_range=bound)
         return self.normalizer.unnormalize("state", s)
 
     @torch.no_grad()
@@ -380,11 +366,16 @@ class UVAPolicy(UVASamplingMixin, Policy):
         return self.normalizer.normalize("action", a.to(self.device))
 
     # ------------------------------------------------------------------------------------------ training
-    def compute_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> LossOutput:
-        """One task mode for the batch (uva.md §7); returns the summed loss and its detached parts."""
+    def compute_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
+                     mode: str | None = None) -> LossOutput:
+        """One task mode for the batch (uva.md §7; ``mode`` forces one, e.g. ``video_model`` for an action-free
+        batch); returns the summed loss and its detached parts."""
         m, net = self.cfg.model, self.model
         g = generator
-        mode = choose_mode(m.task_modes, g)
+        if mode is None:
+            mode = choose_mode(m.task_modes, g)
+        elif mode not in MODE_SPECS:
+            raise VideoActionError(f"compute_loss: unknown task mode {mode!r}; expected one of {list(MODE_SPECS)}")
         spec = MODE_SPECS[mode]
         dev = self.device
         action = batch["action"].to(dev, torch.float32)
@@ -392,23 +383,19 @@ class UVAPolicy(UVASamplingMixin, Policy):
         ratio = sample_mask_ratio(g, m.mask_ratio_min, 1.0, m.mask_ratio_loc, m.mask_ratio_std)
         mask = random_spatial_mask(b, net.seq_len, ratio, g, dev)  # same for every future frame
         u = torch.rand(2, b, generator=g, device=gen_device(g)).to(dev)  # text / history dropout draws
-        nh = net.n_history
+        hist_in = self.batch_history_inputs(batch)
         need_future = spec.future != "fake"
-        hist, fut = self._batch_latents(batch, spec.history, need_future, g)
+        hist, fut = self._batch_latents(batch, hist_in, spec.history, need_future, g)
         act = self.normalizer.normalize("action", action[:, self.action_start: self.action_start + m.n_actions])
         kw: dict[str, Any] = {}
-        if m.use_state:
-            st = batch["state"].to(dev, torch.float32)
-            idx = batch["frame_index"][:, :nh].to(dev) if "frame_index" in batch else \
-                torch.tensor(self.history_positions, device=dev).expand(b, -1)
-            kw["state"] = self.normalizer.normalize("state", torch.gather(st, 1, idx.unsqueeze(-1).expand(
-                -1, -1, st.shape[-1])))
-        if m.use_history_action:
-            kw["history_actions"] = self.normalizer.normalize("action", action[:, : self.h_last + 1])
+        if "state" in hist_in:
+            kw["state"] = hist_in["state"]
+        if "history_action" in hist_in:
+            kw["history_actions"] = hist_in["history_action"]
         if m.language:
             kw["text"] = self.encode_text(batch["language"])
             kw["text_drop"] = u[0] < m.label_drop_prob
-        if m.history_drop_prob > 0 and mode in ("video_model", "dynamic_model"):
+        if m.history_drop_prob > 0 and mode in m.history_drop_modes:
             kw["history_drop"] = u[1] < m.history_drop_prob
         z = net(fut if need_future else None, hist if spec.history else None,
                 future_mask=mask if spec.future == "masked" else None, actions=act if spec.actions else None,
@@ -416,8 +403,8 @@ class UVAPolicy(UVASamplingMixin, Policy):
         zero = z.new_zeros(())
         video_loss = action_loss = zero
         if spec.video_loss:
-            target = fut.flatten(3).transpose(2, 3).reshape(-1, net.latent_channels)  # (B*T*L, C)
-            lmask = mask.unsqueeze(1).expand(b, net.n_future, -1).reshape(-1).to(z.dtype)
+            target = rearrange(fut, "b t c h w -> (b t h w) c")
+            lmask = repeat(mask, "b l -> (b t l)", t=net.n_future).to(z.dtype)
             video_loss = net.diffloss.loss(target, z.reshape(-1, net.width), lmask, generator=g)
         if spec.action_loss:
             action_loss = net.diffactloss.action_loss(z, act, generator=g)
@@ -432,19 +419,17 @@ class UVAPolicy(UVASamplingMixin, Policy):
         terms["loss"] = float(loss.detach())
         return LossOutput(loss=loss, terms=terms)
 
-    def _batch_latents(self, batch, need_history: bool, need_future: bool, g) -> tuple[torch.Tensor | None, ...]:
+    def _batch_latents(self, batch, hist_in, need_history: bool, need_future: bool, g
+                       ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """History latents (from :meth:`batch_history_inputs`) and future latents of a training batch."""
         nh = self.model.n_history
-        if "latent" in batch:
-            lat = batch["latent"].to(self.device, torch.float32)
-            return lat[:, :nh], lat[:, nh:]
-        if "image" not in batch:
-            raise VideoActionError(f"training batch: needs 'image' or 'latent', found keys {sorted(batch)}")
-        img = batch["image"]
+        if "latent" in hist_in:
+            return hist_in["latent"], batch["latent"][:, nh:].to(self.device, torch.float32)
         g = g if g is None or g.device == self.device else None  # the posterior sample draws on the model's device
-        hist = self.encode_frames(img[:, :nh], self.cfg.model.sample_latents, g) if need_history else None
-        fut = self.encode_frames(img[:, nh:], self.cfg.model.sample_latents, g) if need_future else None
+        sample = self.cfg.model.sample_latents
+        hist = self.encode_frames(hist_in["image"], sample, g) if need_history else None
+        fut = self.encode_frames(batch["image"][:, nh:], sample, g) if need_future else None
         return hist, fut
-
 
 
 def kl16_arch(sd: Mapping[str, torch.Tensor]) -> dict:

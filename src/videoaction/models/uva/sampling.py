@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.models.uva.masking import cosine_mask_len, mask_from_orders, random_orders
 
 Cond = dict[str, Any]  # history (B,Th,C,h,w) latents, state, history_actions (normalised), text (B,Dt) | None
@@ -27,7 +27,7 @@ class UVASamplingMixin:
     def _uncond_flags(self, b: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(history_drop, text_drop) for a doubled [cond; uncond] batch."""
         m = self.cfg.model
-        which = m.cfg_condition if m.cfg_condition != "auto" else ("text" if m.language else "history")
+        which = m.guidance_condition
         trained = m.label_drop_prob > 0 and m.language if which == "text" else m.history_drop_prob > 0
         if not trained and not self._warned_cfg:
             self._warned_cfg = True
@@ -62,9 +62,31 @@ class UVASamplingMixin:
         if not m.predict_action:
             raise VideoActionError("this UVA model has no action head (stage-1 config, model.predict_action False)")
         s = m.act_cfg if cfg is None else cfg
+        if s != 1.0:
+            self._check_action_guidance(s)
         z = self._forward(cond, future, future_mask, None, history_visible, guided=s != 1.0)
         return self.model.diffactloss.sample_actions(z, temperature=m.temperature if temperature is None else temperature,
-                                                     cfg=s, num_steps=num_steps, sampler=sampler, generator=generator)
+                                                     cfg=s, num_steps=num_steps, sampler=sampler, generator=generator,
+                                                     clip_range=self.action_clip_range())
+
+    def action_clip_range(self) -> torch.Tensor:
+        """(A,) bound of the action head's x0 clipping in normalised units: the training data's range
+        (:meth:`~videoaction.models.base.Policy.action_clip_bound`) times ``model.action_head.clip_range``."""
+        return self.action_clip_bound() * float(self.cfg.model.action_head.clip_range)
+
+    def _check_action_guidance(self, scale: float) -> None:
+        """Refuse action guidance whose unconditional branch (history or text dropped) was never trained."""
+        m = self.cfg.model
+        if m.guidance_condition == "text":
+            trained, fix = m.language and m.label_drop_prob > 0, "model.label_drop_prob > 0"
+        else:
+            trained, fix = m.act_cfg != 1.0 and m.history_drop_prob > 0, "model.act_cfg != 1 and history_drop_prob > 0"
+        if not trained:
+            raise VideoActionError(
+                f"action guidance (cfg {scale}) drops the {m.guidance_condition} condition, but this model never "
+                f"trained its action head without it (trained with model.act_cfg {m.act_cfg}, "
+                f"history_drop_prob {m.history_drop_prob}, label_drop_prob {m.label_drop_prob}): the unconditional "
+                f"branch is untrained. Use cfg 1, or retrain with {fix}")
 
     def sample_video(self, cond: Cond, actions: torch.Tensor | None = None, *, num_iter: int | None = None,
                      cfg: float | None = None, cfg_schedule: str | None = None, temperature: float | None = None,
@@ -108,9 +130,11 @@ class UVASamplingMixin:
             if joint and last:  # the planner's actions come from the last pass (video mostly visible)
                 if guided:
                     out["action_norm"] = net.diffactloss.sample_actions(z, temperature=temp, cfg=m.act_cfg,
-                                                                        guidance=True, generator=generator)
+                                                                        guidance=True, generator=generator,
+                                                                        clip_range=self.action_clip_range())
                 else:
-                    out["action_norm"] = net.diffactloss.sample_actions(z[:b], temperature=temp, generator=generator)
+                    out["action_norm"] = net.diffactloss.sample_actions(z[:b], temperature=temp, generator=generator,
+                                                                        clip_range=self.action_clip_range())
             mask = new_mask
         out["latent"] = tokens.transpose(2, 3).reshape(b, tf, c, h, w)
         return out

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from videoaction.data.errors import ConfigError, VideoActionError
+from videoaction.errors import ConfigError, VideoActionError
 from videoaction.nn.diffusion.gaussian import (
     GaussianTables,
     ddpm_training_terms,
@@ -227,11 +227,13 @@ class DiffusionHead(nn.Module):
         clip_denoised: bool | None = None,
         guidance: bool | None = None,
         noise: torch.Tensor | None = None,
+        clip_range: float | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Draw x (N, C) ~ p(x | z).
 
         z: (N, Z), or (2N, Z) = [cond; uncond] when guided (``guidance`` defaults to ``cfg != 1``; pass
         ``guidance=True`` to run the guided path at cfg = 1). ``noise`` (N, C) overrides the initial noise.
+        ``clip_range`` (a number or a (C,) tensor of per-channel bounds) overrides ``cfg.clip_range`` when clipping.
         """
         sampler = sampler or self.cfg.resolved_sampler
         if sampler not in SAMPLERS[self.cfg.objective]:
@@ -239,7 +241,9 @@ class DiffusionHead(nn.Module):
                              f"{SAMPLERS[self.cfg.objective]}, got {sampler!r}")
         K = int(num_steps or self.cfg.sample_steps)
         do_clip = self.cfg.clip_denoised if clip_denoised is None else bool(clip_denoised)
-        clip = float(self.cfg.clip_range) if do_clip else None
+        clip = (float(self.cfg.clip_range) if clip_range is None else clip_range) if do_clip else None
+        if isinstance(clip, torch.Tensor):
+            clip = clip.to(device=z.device, dtype=torch.float32)
         guided = (cfg != 1.0) if guidance is None else bool(guidance)
         if z.ndim != 2 or z.shape[1] != self.z_channels or (guided and z.shape[0] % 2):
             raise HeadInputError(
@@ -278,12 +282,21 @@ class DiffusionHead(nn.Module):
             )
         return euler_flow_sample(fn, x, K, clip, self.cfg.flow_shift)
 
+    def _timesteps(self, t_values: list, device: torch.device) -> torch.Tensor:
+        """(K,) float32 step values on ``device``, kept per (steps, device): no host-to-device copy per call (a
+        CUDA-graph capture of the sampling loop would refuse one)."""
+        key = (tuple(float(t) for t in t_values), str(device))
+        cache = self.__dict__.setdefault("_t_cache", {})
+        if key not in cache:
+            cache[key] = torch.tensor(key[0], dtype=torch.float32, device=device)
+        return cache[key]
+
     def _denoiser(self, z: torch.Tensor, t_values: list, scale: float, guided: bool):
         """fn(x (N, C), j) -> net output at t_values[j] (guided if requested); embeddings computed once."""
         net, C = self.net, self.target_channels
         dtype = self._dtype()
         c_emb = net.embed_cond(z.to(dtype))  # (N or 2N, W)
-        t_emb = net.embed_time(torch.tensor(t_values, dtype=torch.float32, device=z.device))  # (K, W)
+        t_emb = net.embed_time(self._timesteps(t_values, z.device))  # (K, W)
         if not guided:
             return lambda x, j: net.forward_embedded(x.to(dtype), c_emb + t_emb[j])
         n = z.shape[0] // 2
