@@ -97,12 +97,13 @@ class _UmiFile:
 
         if self._root is None:
             register_codecs()
-            store = zarr.ZipStore(str(self.path), mode="r") if self.path.is_file() else \
-                zarr.DirectoryStore(str(self.path))
             try:
+                store = zarr.ZipStore(str(self.path), mode="r") if self.path.is_file() else \
+                    zarr.DirectoryStore(str(self.path))
                 self._root = zarr.open_group(store, mode="r")
             except Exception as exc:
-                raise FormatError(self.path, f"not a readable zarr group ({type(exc).__name__}: {exc})") from None
+                raise FormatError(self.path, f"not a readable zarr group ({type(exc).__name__}: {exc}); "
+                                  "truncated zip?") from None
         return self._root
 
     def array(self, key: str):
