@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 
-from videoaction.data.errors import VideoActionError  # noqa: E402
+from videoaction.errors import VideoActionError  # noqa: E402
 from videoaction.data.store import EpisodeStore  # noqa: E402
 from videoaction.demos.cli import main as demos_main  # noqa: E402
 from videoaction.demos.generate import generate, jobs_for  # noqa: E402

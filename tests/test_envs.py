@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("gym_pusht")
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 
-from videoaction.data.errors import VideoActionError  # noqa: E402
-from videoaction.envs import make_env, mt10_tasks, mt50_tasks, task_instruction  # noqa: E402
+from videoaction.errors import VideoActionError  # noqa: E402
+from videoaction.envs import get_env_spec, make_env  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
@@ -36,7 +36,7 @@ def test_pusht_obs_and_info(spec):
 
 
 def test_pusht_m_goal_seeded_and_drawn():
-    from videoaction.demos.pusht_expert import LOCAL_KEYPOINTS9, to_world
+    from videoaction.envs.pusht import LOCAL_KEYPOINTS9, to_world
 
     env = make_env("pusht-m")
     goals, imgs = [], []
@@ -74,10 +74,35 @@ def test_unknown_names_list_valid_ones():
 
 
 def test_task_lists_and_instructions():
-    assert len(mt10_tasks()) == 10 and len(mt50_tasks()) == 50 and set(mt10_tasks()) <= set(mt50_tasks())
-    for t in mt50_tasks():
-        s = task_instruction(t)
+    from videoaction.envs.metaworld import MT10, instruction, mt50
+
+    assert len(MT10) == 10 and len(mt50()) == 50 and set(MT10) <= set(mt50())
+    for t in mt50():
+        s = instruction(t)
         assert s.endswith(".") and len(s.split()) >= 2
+    spec = get_env_spec("metaworld")
+    assert spec.instruction("drawer-open") == spec.instruction("drawer-open-v3") == "Open the drawer."
+    assert get_env_spec("pusht").instruction("") != get_env_spec("pusht-m").instruction("")
+
+
+def test_metaworld_standard_observation_is_hand_and_gripper():
+    """state[:4] (the spec's proprio) is the hand position and gripper opening; the rest holds object / goal."""
+    pytest.importorskip("metaworld")
+    proto = get_env_spec("metaworld:reach").observation
+    assert (proto.proprio_dims, proto.privileged_state_dims) == (4, 39)
+    env = make_env("metaworld:reach", image_size=16, max_steps=10)
+    try:
+        obs, _ = env.reset(seed=3)
+        np.testing.assert_allclose(obs["state"][:3], env.env.get_endeff_pos(), atol=1e-6)
+        np.testing.assert_allclose(obs["state"][36:39], env.env._target_pos, atol=1e-6)  # goal: privileged
+        start = obs["state"].copy()
+        for _ in range(3):
+            obs, *_ = env.step(np.array([0.0, 0.0, 1.0, 1.0]))  # hand up, close the gripper
+        assert obs["state"][2] > start[2] + 1e-3  # z of the hand rose
+        assert obs["state"][3] < start[3] - 1e-3  # fingers closer together
+        np.testing.assert_allclose(obs["state"][:3], env.env.get_endeff_pos(), atol=1e-6)
+    finally:
+        env.close()
 
 
 def test_metaworld_obs():
@@ -100,7 +125,7 @@ def test_no_opengl_backend_error_says_how_to_fix():
     import subprocess
     import sys
 
-    code = ("from videoaction.envs import make_env\nfrom videoaction.data.errors import VideoActionError\n"
+    code = ("from videoaction.envs import make_env\nfrom videoaction.errors import VideoActionError\n"
             "try:\n    make_env('metaworld:reach-v3', image_size=16)\nexcept VideoActionError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MUJOCO_GL": "no-such-backend"},
                          capture_output=True, text=True, timeout=120).stdout

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from videoaction.errors import VideoActionError
 from videoaction.eval import metrics as M
 from videoaction.eval.baselines import MeanActionPolicy, RandomPolicy
 from videoaction.eval.video import image_grid, prediction_strip, read_mp4, save_png, video_grid, write_mp4
@@ -15,7 +16,10 @@ from videoaction.eval.video import image_grid, prediction_strip, read_mp4, save_
 
 # ---------------------------------------------------------------------------------------------- PushT coverage
 def test_pusht_coverage_known_poses():
-    goal = M.PUSHT_GOAL_POSE
+    pytest.importorskip("gym_pusht")
+    P = pytest.importorskip("videoaction.envs.pusht")
+    assert M.pusht_coverage is P.coverage and M.PUSHT_GOAL_POSE == P.GOAL_POSE  # historical names still work
+    goal = P.GOAL_POSE
     assert M.pusht_coverage(goal) == pytest.approx(1.0, abs=1e-12)
     assert M.pusht_coverage((60.0, 60.0, 0.0)) == 0.0  # far away
     # shifted along the bar by half its length (bar 120 x 30, stem 30 x 90): a known partial overlap
@@ -51,17 +55,28 @@ def test_pusht_coverage_matches_gym_pusht():
 
 
 def test_dp_score_and_success_rate():
+    pytest.importorskip("gym_pusht")
+    from videoaction.envs import get_env_spec
+
+    spec = get_env_spec("pusht")
     cov = [1.0, 0.95, 0.475, 0.0, 0.96]
     # clip(cov / 0.95): 1, 1, 0.5, 0, 1
     assert M.dp_score(cov) == pytest.approx((1 + 1 + 0.5 + 0 + 1) / 5)
     assert M.success_rate([c > 0.95 for c in cov]) == pytest.approx(2 / 5)  # 0.95 itself is not a success
     eps = [{"success": c > 0.95, "max_coverage": c, "final_coverage": c / 2, "steps": 10, "sum_reward": 1.0,
             "max_reward": min(c / 0.95, 1)} for c in cov]
-    s = M.summarize_episodes(eps, pusht=True)
+    s = M.summarize_episodes(eps, extra=spec.metrics.summarize)
     assert s["dp_score"] == pytest.approx(0.7) and s["success_rate"] == pytest.approx(0.4)
-    assert s["n_episodes"] == 5 and "dp_score" not in M.summarize_episodes(eps, pusht=False)
-    with pytest.raises(M.MetricError):
+    assert s["mean_max_coverage"] == pytest.approx(np.mean(cov)) and s["mean_final_coverage"] == pytest.approx(
+        np.mean(cov) / 2)
+    assert s["mean_max_reward"] == pytest.approx(0.7)  # PushT's reward is clip(cov / 0.95): its max is the DP score
+    plain = M.summarize_episodes(eps)
+    assert plain["n_episodes"] == 5 and "dp_score" not in plain and plain["mean_steps"] == 10
+    assert get_env_spec("metaworld").metrics.summarize is None
+    with pytest.raises(VideoActionError):
         M.dp_score([])
+    with pytest.raises(M.MetricError):
+        M.summarize_episodes([])
 
 
 # ---------------------------------------------------------------------------------------------- PSNR / SSIM

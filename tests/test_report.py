@@ -27,6 +27,10 @@ def _fake_results(tmp_path):
     results = {"env": "pusht", "policy": "uva policy", "name": "uva-tiny",
                "metrics": {"success_rate": 0.5, "dp_score": 0.65789, "n_episodes": 2, "mean_max_coverage": 0.635},
                "metric_definitions": {"dp_score": "mean of max clip(cov/0.95)"},
+               "metric_labels": {"dp_score": "DP score", "success_rate": "success rate",
+                                 "mean_max_coverage": "mean max coverage"},
+               "episode_columns": {"max_coverage": "max coverage", "final_coverage": "final coverage"},
+               "observation": {"keys": ["image", "state"], "state_dims": 2, "privileged_state": False},
                "tasks": {"pusht": {"metrics": {"success_rate": 0.5, "dp_score": 0.65789}, "episodes": eps}},
                "seeds": [100000, 100001], "versions": {"gym-pusht": "0.1.8"}, "protocol": {"n_envs": 2}}
     baseline = {"env": "pusht", "metrics": {"success_rate": 0.0, "dp_score": 0.1, "n_episodes": 2}}
@@ -103,3 +107,23 @@ def test_report_several_environments(tmp_path):
     rows = re.findall(r"<tr><td class='l'>([^<]+)</td><td class='l'>([^<]+)</td>", text)
     assert rows[:3] == [("uva-tiny", "pusht"), ("random", "pusht"), ("uva-tiny", "metaworld:reach,drawer-open")]
     assert "metaworld:drawer-open" in text and "uva-tiny — per task" in text
+
+
+def test_report_columns_come_from_the_results_labels(tmp_path):
+    """Headline / episode columns are the environment's labels (from its EnvSpec via the results); results without
+    labels show every scalar metric by name; a privileged-state run is marked in the headline."""
+    results, baseline, _, _ = _fake_results(tmp_path)
+    text = write_report(tmp_path / "a", results).read_text()
+    head = re.findall(r"<th class='[^']*'>([^<]+)</th>", text)
+    assert head[:6] == ["policy", "env", "episodes", "DP score", "success rate", "mean max coverage"]
+    assert "max coverage" in head and "final coverage" in head and "privileged state" not in text
+    assert "&quot;state_dims&quot;: 2" in text  # the observation record is in the protocol section
+    toy = {"env": "toy", "name": "m", "metrics": {"success_rate": 0.5, "n_episodes": 2, "mean_height": 1.25},
+           "observation": {"keys": ["image", "state"], "state_dims": 9, "privileged_state": True},
+           "tasks": {"toy": {"metrics": {"success_rate": 0.5}, "episodes": [
+               {"seed": 1, "success": True, "steps": 3, "max_reward": 1.0, "max_coverage": 0.9}]}}}
+    text = write_report(tmp_path / "b", toy).read_text()
+    head = re.findall(r"<th class='[^']*'>([^<]+)</th>", text)
+    assert head[:6] == ["policy", "env", "episodes", "success rate", "mean height", "observation"]
+    assert "privileged state" in text and "1.2500" in text
+    assert "max coverage" not in head  # an episode key the environment did not declare is not a column

@@ -85,3 +85,22 @@ def to_uint8_frames(x: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) in [-1, 1] -> (..., H, W, 3) uint8 (for videos and reports)."""
     x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.movedim(-3, -1).cpu().numpy()
+
+
+def resize_uint8_frames(frames: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., S, S, 3) uint8 with the training resize (:func:`crop_resize` of the full frame:
+    bilinear, antialiased when shrinking), rounded back to uint8. Used where raw frames must match a model's size
+    before the model's own transform (e.g. evaluation rollouts rendered at another resolution)."""
+    s = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
+    if s[0] != s[1]:
+        raise ValueError(f"resize_uint8_frames: square sizes only, got {s}")
+    x = np.asarray(frames)
+    if x.dtype != np.uint8 or x.ndim < 3 or x.shape[-1] != 3:
+        raise ValueError(f"resize_uint8_frames: expected uint8 frames (..., H, W, 3), got {x.dtype} {x.shape}")
+    lead, (h, w) = x.shape[:-3], x.shape[-3:-1]
+    if (h, w) == s:
+        return x.copy()
+    t = to_unit_float(x.reshape(-1, h, w, 3))  # (N, 3, H, W) in [0, 1]
+    t = crop_resize(t, 0, 0, h, w, s[0])
+    out = (t * 255.0).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1)
+    return out.reshape(*lead, *s, 3).numpy()

@@ -4,107 +4,35 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import Callable
 
 
 @dataclass
 class DemoConfig:
-    kind: str = "pusht"  # pusht | pusht-m | metaworld
+    kind: str = "pusht"  # an environment with scripted demonstrations (its EnvSpec has ``demo``)
     image_size: int = 96
-    max_steps: int = 0  # 0 = the env default (PushT 300, Metaworld 500)
-    tasks: list[str] = field(default_factory=lambda: ["mt10"])
-    camera: str = "corner2"
+    max_steps: int = 0  # 0 = the environment's max steps (its EnvSpec)
+    tasks: list[str] = field(default_factory=list)  # the tasks of multi-task environments
+    camera: str = ""  # render camera, for environments that have several ("" = the environment's default)
 
 
 _CACHE: dict = {}
 
 
-def _pusht_episode(cfg: DemoConfig, seed: int) -> tuple[dict, dict]:
-    from videoaction.demos.pusht_expert import PushTExpert, run_expert_episode
-    from videoaction.envs import make_env
-
-    key = ("pusht", cfg.kind, cfg.image_size)
+def cached(key, make: Callable[[], tuple]) -> tuple:
+    """This process's ``(env, expert)`` for ``key``, built once by ``make`` (simulators are slow to create)."""
     if key not in _CACHE:
-        _CACHE[key] = (make_env(cfg.kind, image_size=cfg.image_size), PushTExpert())
-    env, expert = _CACHE[key]
-    rec: dict[str, list] = {k: [] for k in ("img", "state", "keypoint", "action", "n_contacts", "coverage")}
-    kp = {"v": None}
-
-    def on_step(obs, action, reward, info):  # obs is the observation the action was chosen from
-        rec["img"].append(obs["image"])
-        rec["state"].append(obs["state"])
-        rec["keypoint"].append(kp["v"])
-        rec["action"].append(action)
-        rec["n_contacts"].append([float(info.get("n_contacts", 0))])
-        rec["coverage"].append([float(info["coverage"])])  # after this step's action (like the reward)
-        kp["v"] = env.unwrapped.keypoints9()
-
-    # keypoints/coverage of the *pre-action* state: seed them after reset via a wrapper around reset
-    orig_reset = env.reset
-
-    def reset(**kw):
-        out = orig_reset(**kw)
-        kp["v"] = env.unwrapped.keypoints9()
-        return out
-
-    env.reset = reset
-    try:
-        res = run_expert_episode(env, seed, expert, max_steps=cfg.max_steps or 300, on_step=on_step)
-    finally:
-        env.reset = orig_reset
-    data = {"img": np.asarray(rec["img"], np.uint8), "state": np.asarray(rec["state"], np.float32),
-            "keypoint": np.asarray(rec["keypoint"], np.float32), "action": np.asarray(rec["action"], np.float32),
-            "n_contacts": np.asarray(rec["n_contacts"], np.float32), "coverage": np.asarray(rec["coverage"], np.float32)}
-    lang = "Push the T-shaped block onto the green target." if cfg.kind == "pusht" else \
-        "Push the T-shaped block onto the green target pose shown in the image."
-    goal = env.unwrapped.goal_pose
-    meta = {"success": bool(res["success"]), "seed": int(seed), "task": cfg.kind, "language": lang,
-            "length": len(rec["action"]), "goal_x": float(goal[0]), "goal_y": float(goal[1]),
-            "goal_theta": float(goal[2])}
-    return data, meta
-
-
-def _metaworld_episode(cfg: DemoConfig, task: str, seed: int) -> tuple[dict, dict]:
-    from metaworld.policies import ENV_POLICY_MAP
-
-    from videoaction.envs import make_env
-
-    key = ("mw", task, cfg.image_size)
-    if key not in _CACHE:
-        _CACHE[key] = (make_env(f"metaworld:{task}", image_size=cfg.image_size, camera=cfg.camera,
-                                max_steps=cfg.max_steps or 500), ENV_POLICY_MAP[task]())
-    env, policy = _CACHE[key]
-    obs, _ = env.reset(seed=seed)
-    rec: dict[str, list] = {"img": [], "state": [], "action": []}
-    success, done = False, False
-    import warnings
-
-    while not done:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            action = np.clip(policy.get_action(env.last_raw_obs), -1, 1).astype(np.float32)
-        rec["img"].append(obs["image"])
-        rec["state"].append(obs["state"])
-        rec["action"].append(action)
-        obs, _, term, trunc, info = env.step(action)
-        success = info["is_success"]
-        done = success or term or trunc
-    data = {"img": np.asarray(rec["img"], np.uint8), "state": np.asarray(rec["state"], np.float32),
-            "action": np.asarray(rec["action"], np.float32)}
-    meta = {"success": bool(success), "seed": int(seed), "task": task.removesuffix("-v3"), "language": env.language,
-            "length": len(rec["action"])}
-    return data, meta
+        _CACHE[key] = make()
+    return _CACHE[key]
 
 
 def run_job(job: tuple) -> tuple:
-    """``job = (cfg, task, seed)`` -> ``(task, seed, data, meta, seconds)``."""
+    """``job = (cfg, task, seed)`` -> ``(task, seed, data, meta, seconds)``, recorded by the env's demo expert."""
+    from videoaction.envs import get_env_spec
+
     cfg, task, seed = job
     t0 = time.time()
-    if cfg.kind == "metaworld":
-        data, meta = _metaworld_episode(cfg, task, seed)
-    else:
-        data, meta = _pusht_episode(cfg, seed)
+    data, meta = get_env_spec(cfg.kind).demo_recorder()(cfg, task, seed)
     return task, seed, data, meta, time.time() - t0
 
 
@@ -115,10 +43,10 @@ def close_cached_envs() -> None:
     _CACHE.clear()
 
 
-def init_worker() -> None:
-    from videoaction.envs.metaworld import ensure_headless_gl
+def init_worker(kind: str) -> None:
+    from videoaction.envs import get_env_spec
 
-    ensure_headless_gl()
+    get_env_spec(kind).prepare_process()
     try:
         import torch
 
@@ -132,24 +60,24 @@ def job_key(task: str, seed: int) -> str:
 
 
 def jobs_for(kind: str, episodes: int, seed: int = 0, tasks: list[str] | None = None, image_size: int = 96,
-             max_steps: int = 0, camera: str = "corner2") -> list[tuple]:
-    """Jobs ``(cfg, task, seed)``: seeds S..S+N-1 (per task for Metaworld), in a fixed order."""
-    from videoaction.data.errors import VideoActionError
+             max_steps: int = 0, camera: str = "") -> list[tuple]:
+    """Jobs ``(cfg, task, seed)``: seeds S..S+N-1 (per task for multi-task environments), in a fixed order."""
+    from videoaction.envs import get_env_spec
 
-    if kind not in ("pusht", "pusht-m", "metaworld"):
-        raise VideoActionError(f"unknown demo kind {kind!r}; valid: pusht, pusht-m, metaworld")
+    spec = get_env_spec(kind)
+    spec.demo_recorder()  # an environment without scripted demonstrations is an error naming those with them
     task_list = resolve_tasks(kind, tasks)
     cfg = DemoConfig(kind=kind, image_size=image_size, max_steps=max_steps, tasks=task_list, camera=camera)
     return [(cfg, t, seed + i) for t in task_list for i in range(episodes)]
 
 
 def resolve_tasks(kind: str, tasks: list[str] | None) -> list[str]:
-    """Metaworld task names (``-v3`` names) from ``mt10``/``mt50``/names; ``[kind]`` for PushT."""
-    if kind != "metaworld":
-        return [kind]
-    from videoaction.envs.metaworld import resolve_tasks as metaworld_tasks
+    """The demo tasks of ``kind`` (its EnvSpec's ``demo_tasks``; e.g. Metaworld ``mt10`` -> ten task names), or
+    ``[kind]`` for single-task environments."""
+    from videoaction.envs import get_env_spec
 
-    return [f"{t}-v3" for t in metaworld_tasks(tasks or ["mt10"])]
+    spec = get_env_spec(kind)
+    return spec.demo_tasks(tasks) if spec.demo_tasks is not None else [kind]
 
 
 def generate(jobs: list[tuple], out, keep_failed: bool = False, workers: int = 1, progress: bool = True,
@@ -173,14 +101,12 @@ def generate(jobs: list[tuple], out, keep_failed: bool = False, workers: int = 1
     if store.n_episodes:
         attempted |= {job_key(str(t), int(s)) for t, s in zip(store.meta_column("task"), store.meta_column("seed"))}
 
-    def short(task: str) -> str:
-        return task.removesuffix("-v3")
-
-    todo = [j for j in jobs if job_key(short(j[1]), j[2]) not in attempted]
+    todo = [j for j in jobs if job_key(j[1], j[2]) not in attempted]
     st = {"attempted": 0, "succeeded": 0, "kept": 0, "steps": 0, "episode_seconds": 0.0,
           "skipped_already_done": len(jobs) - len(todo)}
     t0 = time.time()
-    pool = mp.get_context("spawn").Pool(workers, initializer=init_worker) if workers > 1 and len(todo) > 1 else None
+    pool = (mp.get_context("spawn").Pool(workers, initializer=init_worker, initargs=(kind,))
+            if workers > 1 and len(todo) > 1 else None)
     it = pool.imap(run_job, todo) if pool else map(run_job, todo)
     bar = tqdm(total=len(todo), desc=f"demos {kind}", disable=not progress)
     try:
@@ -192,7 +118,7 @@ def generate(jobs: list[tuple], out, keep_failed: bool = False, workers: int = 1
                 store.add_episode(data, meta)
                 st["kept"] += 1
                 st["steps"] += len(data["action"])
-            attempted.add(job_key(short(task), s))
+            attempted.add(job_key(task, s))
             store.update_attrs({"attempted": sorted(attempted)})
             bar.update(1)
             bar.set_postfix(success=f"{st['succeeded']}/{st['attempted']}")

@@ -35,28 +35,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# The T's geometry belongs to the environment; the expert plans with the same numbers.
+from videoaction.envs.pusht import LOCAL_KEYPOINTS9, T_OUTLINE, rot, tee_polygons, to_world  # noqa: F401
+
 AGENT_R = 15.0
 ARENA_LO, ARENA_HI = 22.0, 490.0
 
-# T outline in block-local coordinates (the body origin; gym-pusht's add_tee with scale 30, length 4).
-_BAR = [(-60.0, 0.0), (60.0, 0.0), (60.0, 30.0), (-60.0, 30.0)]
-_STEM = [(-15.0, 30.0), (-15.0, 120.0), (15.0, 120.0), (15.0, 30.0)]
-T_OUTLINE = np.array([(-60, 0), (60, 0), (60, 30), (15, 30), (15, 120), (-15, 120), (-15, 30), (-60, 30)],
-                     dtype=np.float64)  # (8, 2) outline corners, in order
 # Cost keypoints: the 8 outline corners plus edge midpoints (denser => smoother angle term).
 _COST_PTS = np.concatenate([T_OUTLINE, (T_OUTLINE + np.roll(T_OUTLINE, -1, axis=0)) / 2.0], axis=0)  # (16, 2)
-# The 9 keypoints recorded in datasets: the 8 T corners (gym-pusht order) + the centre of gravity (0, 45).
-LOCAL_KEYPOINTS9 = np.array(_BAR + _STEM + [(0.0, 45.0)], dtype=np.float64)  # (9, 2)
-
-
-def rot(theta: float) -> np.ndarray:
-    c, s = math.cos(theta), math.sin(theta)
-    return np.array([[c, -s], [s, c]])
-
-
-def to_world(local: np.ndarray, pose) -> np.ndarray:
-    """(N, 2) block-local points -> world, for pose (x, y, theta) of the body origin."""
-    return local @ rot(pose[2]).T + np.asarray(pose[:2], dtype=np.float64)
 
 
 def keypoint_cost(pose, goal) -> float:
@@ -158,14 +144,9 @@ class PushTSim:
             self.space.step(dt)
 
     def coverage(self) -> float:
-        import shapely.geometry as sg
-
         if self._goal_geom is None:
-            self._goal_geom = sg.MultiPolygon([sg.Polygon(to_world(np.array(v), self.goal_pose))
-                                               for v in (_BAR, _STEM)])
-        pose = self.block_pose()
-        geom = sg.MultiPolygon([sg.Polygon(to_world(np.array(v), pose)) for v in (_BAR, _STEM)])
-        return float(self._goal_geom.intersection(geom).area / self._goal_geom.area)
+            self._goal_geom = tee_polygons(self.goal_pose)
+        return float(self._goal_geom.intersection(tee_polygons(self.block_pose())).area / self._goal_geom.area)
 
 
 def state_from_env(env) -> tuple:
@@ -212,10 +193,7 @@ class PushTExpert:
 
     # ---------------------------------------------------------------- geometry
     def _inflated(self, pose, extra: float):
-        import shapely.geometry as sg
-
-        return sg.MultiPolygon([sg.Polygon(to_world(np.array(v), pose)) for v in (_BAR, _STEM)]).buffer(
-            AGENT_R + extra, quad_segs=2)
+        return tee_polygons(pose).buffer(AGENT_R + extra, quad_segs=2)
 
     def approach_path(self, agent, start, pose) -> list[np.ndarray] | None:
         """Waypoints from ``agent`` to ``start`` that keep the agent off the T (visibility graph), or None."""

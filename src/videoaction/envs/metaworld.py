@@ -1,4 +1,12 @@
-"""Metaworld 3.x single-task env with dict observations (camera image + 39-d state) and language instructions."""
+"""Metaworld 3.x single-task env with dict observations (camera image + 39-d state), language instructions, and
+the ``metaworld`` :class:`~videoaction.envs.spec.EnvSpec` (``metaworld:reach``, ``metaworld:a,b``, ``metaworld:MT10``).
+
+The 39-d state is Metaworld's own observation (``SawyerXYZEnv._get_obs``, metaworld 3.1): ``[0:3]`` end-effector
+(hand) position, ``[3]`` gripper opening (finger distance / 0.1, clipped to [0, 1]), ``[4:18]`` object positions +
+quaternions (padded), ``[18:36]`` the same 18 values of the previous step, ``[36:39]`` goal position (zeros when the
+goal is not observable). The standard low-dim observation is ``state[:4]`` (hand xyz + gripper); the rest holds
+object and goal poses and is privileged.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,8 @@ import os
 import gymnasium as gym
 import numpy as np
 
-from videoaction.data.errors import VideoActionError
+from videoaction.envs.spec import EnvSpec, MetricSpec, ObservationProtocol, register_env
+from videoaction.errors import VideoActionError
 
 MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
@@ -149,3 +158,30 @@ class MetaworldEnv(gym.Env):
     def close(self):
         self._renderer.close()
         self.env.close()
+
+
+# ------------------------------------------------------------------------------------------------ spec
+def build(variant: str, **kw) -> MetaworldEnv:
+    """kw: ``image_size`` (96), ``camera`` ("corner2"), ``max_steps`` (500), ``goal_observable`` (True)."""
+    if not variant:
+        raise VideoActionError(f"metaworld spec needs a task, e.g. 'metaworld:reach-v3'; valid: {mt50()}")
+    return MetaworldEnv(variant, **kw)
+
+
+def _instruction(variant: str) -> str:
+    return instruction(variant if variant.endswith("-v3") else f"{variant}-v3")
+
+
+SPEC = register_env(EnvSpec(
+    name="metaworld", gym_id="videoaction/Metaworld-v0", build=build,
+    description="Metaworld 3.x single tasks (sawyer arm, 4-d actions: hand dx, dy, dz, gripper)",
+    variant_hint="<task>[,<task>...] | MT10 | MT50",
+    expand=resolve_tasks, instruction=_instruction,
+    observation=ObservationProtocol(image_keys=("image",), state_key="state", proprio_dims=4,
+                                    proprio_doc="hand x, y, z + gripper opening (Metaworld state[0:4])",
+                                    privileged_state_dims=39),
+    max_steps=500, seed_start=100_000, metrics=MetricSpec(),
+    render_backend="MuJoCo offscreen renderer: OSMesa (CPU) when headless, EGL on a GPU; shadows and reflections off",
+    setup=ensure_headless_gl, packages=("metaworld", "mujoco"),
+    demo="videoaction.demos.metaworld:record_episode",
+    demo_tasks=lambda names: resolve_tasks(list(names or ["mt10"]))))

@@ -1,20 +1,85 @@
-"""PushT environments on gym-pusht 0.1.8 with dict observations, PushT-M (per-episode goal) and visual variants.
+"""PushT on gym-pusht 0.1.8: dict observations, PushT-M (per-episode goal), visual variants, the T geometry the env,
+its metrics and the scripted expert share, and the ``pusht`` / ``pusht-m`` :class:`~videoaction.envs.spec.EnvSpec`.
 
 Observations: ``image`` uint8 (H, W, 3) rendered by the env, ``state`` float32 (5,) = agent xy, block xy, angle.
-``info`` has ``is_success`` and ``coverage`` (relative to the episode's goal).
+The standard low-dim observation is ``state[:2]`` = ``agent_pos`` (Diffusion Policy's image task); block pose is
+privileged. ``info`` has ``is_success`` and ``coverage`` (relative to the episode's goal); the reward is
+``clip(coverage / 0.95, 0, 1)``.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
 from gym_pusht.envs.pusht import PushTEnv
 
+from videoaction.envs.spec import EnvSpec, MetricSpec, ObservationProtocol, register_env
+from videoaction.errors import VideoActionError
+
 VARIANTS = ("bg-color", "bg-objects", "goal-color")  # "distractors" = "bg-objects"
+SUCCESS_THRESHOLD = 0.95  # coverage above which an episode succeeds (gym-pusht's success_threshold)
+GOAL_POSE = (256.0, 256.0, math.pi / 4)  # the fixed PushT goal (x, y, angle)
+
+# ------------------------------------------------------------------------------------------------ T geometry
+# T outline in block-local coordinates (the body origin; gym-pusht's add_tee with scale 30, length 4).
+T_BAR = [(-60.0, 0.0), (60.0, 0.0), (60.0, 30.0), (-60.0, 30.0)]
+T_STEM = [(-15.0, 30.0), (-15.0, 120.0), (15.0, 120.0), (15.0, 30.0)]
+T_OUTLINE = np.array([(-60, 0), (60, 0), (60, 30), (15, 30), (15, 120), (-15, 120), (-15, 30), (-60, 30)],
+                     dtype=np.float64)  # (8, 2) outline corners, in order
+# The 9 keypoints recorded in datasets: the 8 T corners (gym-pusht order) + the centre of gravity (0, 45).
+LOCAL_KEYPOINTS9 = np.array(T_BAR + T_STEM + [(0.0, 45.0)], dtype=np.float64)  # (9, 2)
 
 
+def rot(theta: float) -> np.ndarray:
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+def to_world(local: np.ndarray, pose) -> np.ndarray:
+    """(N, 2) block-local points -> world, for pose (x, y, theta) of the body origin."""
+    return np.asarray(local, dtype=np.float64) @ rot(pose[2]).T + np.asarray(pose[:2], dtype=np.float64)
+
+
+def tee_polygons(pose: Sequence[float], buffer: float = 0.0):
+    """The T's two rectangles at ``pose`` = (x, y, angle) as a shapely MultiPolygon (optionally buffered)."""
+    import shapely.geometry as sg
+
+    geom = sg.MultiPolygon([sg.Polygon(to_world(np.array(v), pose)) for v in (T_BAR, T_STEM)])
+    return geom.buffer(buffer) if buffer else geom
+
+
+def coverage(block_pose: Sequence[float], goal_pose: Sequence[float] = GOAL_POSE) -> float:
+    """area(block ∩ goal) / area(goal) for block / goal poses (x, y, angle) — gym-pusht's own formula."""
+    goal = tee_polygons(goal_pose)
+    return float(goal.intersection(tee_polygons(block_pose)).area / goal.area)
+
+
+def coverage_reward(cov, threshold: float = SUCCESS_THRESHOLD):
+    """PushT per-step reward ``clip(coverage / 0.95, 0, 1)`` (array-friendly)."""
+    return np.clip(np.asarray(cov, dtype=np.float64) / threshold, 0.0, 1.0)
+
+
+def dp_score(max_coverages: Iterable[float], threshold: float = SUCCESS_THRESHOLD) -> float:
+    """Diffusion Policy score: mean over episodes of max-over-steps clip(coverage / 0.95, 0, 1)."""
+    cov = np.asarray(list(max_coverages), dtype=np.float64)
+    if cov.size == 0:
+        raise VideoActionError("dp_score: no episodes")
+    return float(coverage_reward(cov, threshold).mean())
+
+
+def summarize(episodes: Sequence[Mapping]) -> dict:
+    """PushT metrics of episode records (``max_coverage`` / ``final_coverage`` from the tracked ``coverage``)."""
+    return {"dp_score": dp_score(e["max_coverage"] for e in episodes),
+            "mean_max_coverage": float(np.mean([e["max_coverage"] for e in episodes])),
+            "mean_final_coverage": float(np.mean([e["final_coverage"] for e in episodes]))}
+
+
+# ------------------------------------------------------------------------------------------------ environment
 @dataclass
 class PushTVisualConfig:
     """Visual-robustness options (evaluation only; physics unchanged)."""
@@ -31,8 +96,6 @@ class PushTVisualConfig:
                  "bg-objects": cls(n_distractors=4),
                  "goal-color": cls(goal_color=(250, 200, 120))}
         if name not in table:
-            from videoaction.data.errors import VideoActionError
-
             raise VideoActionError(f"unknown PushT variant {name!r}; valid: {', '.join(VARIANTS)}")
         return table[name]
 
@@ -97,14 +160,54 @@ class VAPushTEnv(PushTEnv):
 
     def keypoints9(self) -> np.ndarray:
         """(9, 2) T keypoints: the 8 corners (gym-pusht order) + the centre of gravity."""
-        from videoaction.demos.pusht_expert import LOCAL_KEYPOINTS9, to_world
-
         pose = (self.block.position[0], self.block.position[1], self.block.angle)
         return to_world(LOCAL_KEYPOINTS9, pose).astype(np.float32)
 
 
-PUSHT_M_ID = "videoaction/PushT-M-v0"
-if PUSHT_M_ID not in gym.registry:
-    gym.register(id=PUSHT_M_ID, entry_point="videoaction.envs.pusht:VAPushTEnv", max_episode_steps=300,
-                 kwargs={"multi_goal": True})
-    gym.register(id="videoaction/PushT-v0", entry_point="videoaction.envs.pusht:VAPushTEnv", max_episode_steps=300)
+# ------------------------------------------------------------------------------------------------ specs
+def build(variant: str = "", multi_goal: bool = False, image_size: int = 96, max_steps: int = 300,
+          visual: PushTVisualConfig | None = None, **kw) -> gym.Env:
+    """kw: ``image_size`` (96), ``max_steps`` (300), ``visual`` (overrides the variant's PushTVisualConfig)."""
+    visual = visual or PushTVisualConfig.from_variant(variant or None)
+    return gym.wrappers.TimeLimit(VAPushTEnv(multi_goal=multi_goal, visual=visual, image_size=image_size, **kw),
+                                  max_steps)
+
+
+INSTRUCTIONS = {"pusht": "Push the T-shaped block onto the green target.",
+                "pusht-m": "Push the T-shaped block onto the green target pose shown in the image."}
+
+METRICS = MetricSpec(
+    tracked_info=("coverage",),
+    summarize=summarize,
+    headline=("dp_score", "mean_max_coverage"),
+    labels={"dp_score": "DP score", "success_rate": "success rate", "mean_max_coverage": "mean max coverage"},
+    episode_columns={"max_coverage": "max coverage", "final_coverage": "final coverage"},
+    definitions={
+        "success_rate": "fraction of episodes with coverage > 0.95 at any step (LeRobot pc_success/100)",
+        "dp_score": ("mean over episodes of max over steps of clip(coverage/0.95, 0, 1) "
+                     "(Diffusion Policy / UVA test/mean_score; the per-step reward, so also the mean max reward)"),
+        "seeds_note": ("gym-pusht 0.1.8 draws initial states differently from Diffusion Policy's legacy env: "
+                       "the same seeds are not DP's test set; compare only runs with the same gym-pusht version"),
+    })
+
+OBSERVATION = ObservationProtocol(image_keys=("image",), state_key="state", proprio_dims=2,
+                                  proprio_doc="agent_pos: agent x, y in pixels (Diffusion Policy's image task)",
+                                  privileged_state_dims=5)
+
+
+def _spec(name: str, multi_goal: bool, gym_id: str, description: str) -> EnvSpec:
+    return EnvSpec(
+        name=name, family="pusht", gym_id=gym_id, description=description,
+        build=functools.partial(build, multi_goal=multi_goal),
+        variants=VARIANTS, dash_variants=True,
+        instruction=lambda variant, _n=name: INSTRUCTIONS[_n],
+        observation=OBSERVATION, max_steps=300, seed_start=100_000, metrics=METRICS,
+        render_backend="pygame software rendering (CPU; no OpenGL)",
+        packages=("gym-pusht", "pymunk", "shapely", "pygame"),
+        demo="videoaction.demos.pusht:record_episode")
+
+
+SPECS = (
+    register_env(_spec("pusht", False, "videoaction/PushT-v0", "PushT, fixed goal (gym-pusht 0.1.8)")),
+    register_env(_spec("pusht-m", True, "videoaction/PushT-M-v0", "PushT-M: a new goal pose per episode (UVA)")),
+)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 
 def parse_seeds(items: list[str] | None) -> list[int] | None:
@@ -66,11 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=None,
                    help="episodes per task (simulator, default 50) / held-out windows (--video, default 16)")
     p.add_argument("--seeds", nargs="+", help="explicit seeds (default: 100000, 100001, ...): 100000-100049 or 1,2,3")
-    p.add_argument("--seed-start", type=int, default=100_000, help="first default seed")
+    p.add_argument("--seed-start", type=int, default=None,
+                   help="first default seed (default: the environment's, 100000 for PushT and Metaworld)")
     p.add_argument("--n-envs", type=int, default=8, help="parallel environments")
     p.add_argument("--async", dest="vector", action="store_const", const="async", default="sync",
                    help="one process per environment (AsyncVectorEnv) instead of in-process")
-    p.add_argument("--max-steps", type=int, default=None, help="steps per episode (default: pusht 300, metaworld 500)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="steps per episode (default: the environment's; PushT 300, Metaworld 500)")
+    p.add_argument("--privileged-state", action="store_true",
+                   help="let the policy condition on the full simulator state (object / goal poses), beyond the "
+                   "environment's standard observation; results are labelled privileged_state (default: only for "
+                   "presets whose name contains privileged_state)")
     p.add_argument("--record", type=int, default=4, help="rollout videos to record per task (first N seeds)")
     p.add_argument("--image-size", type=int, default=None, help="environment render size (default: the env's)")
     p.add_argument("--sampler", help="diffusion sampler override, e.g. ddim, ddim:16, ddpm:100")
@@ -114,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.policy == "mean-action" and args.data is None:
         raise VideoActionError("--policy mean-action needs --data STORE (the mean action of its episodes)")
     if args.env:
-        from videoaction.envs.metaworld import ensure_headless_gl
+        from videoaction.envs.spec import get_env_spec
 
-        ensure_headless_gl()  # before anything imports mujoco
+        for env in args.env:  # unknown names fail here, before a model is loaded
+            get_env_spec(env).prepare_process()  # e.g. the headless GL backend, before anything imports mujoco
     from videoaction.eval.baselines import MeanActionPolicy, RandomPolicy, baseline_policies
     from videoaction.eval.report import write_report
     from videoaction.eval.runner import default_seeds, evaluate_policy
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         n_eps = args.episodes or 50
         seeds = parse_seeds(args.seeds) or default_seeds(env, n_eps, args.seed_start)
         common = dict(seeds=seeds, n_envs=args.n_envs, max_steps=args.max_steps, env_kwargs=_env_kwargs(args),
-                      vector=args.vector, progress=not args.quiet, torch_seed=args.seed)
+                      vector=args.vector, progress=not args.quiet, torch_seed=args.seed,
+                      privileged_state=True if args.privileged_state else None)
         slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in env)
         fname = "results.json" if len(args.env) == 1 else f"results_{slug}.json"
         extra = {"name": name, "checkpoint": args.checkpoint, "checkpoint_config": ckpt_cfg}
@@ -187,9 +195,8 @@ def _guess_run_dir(given: Path, ckpt_dir: Path) -> Path | None:
 def _print_metrics(name: str, results: dict) -> None:
     m = results["metrics"]
     parts = [f"{name} on {results['env']}: {m['n_episodes']} episodes"]
-    if "dp_score" in m:
-        parts.append(f"DP score {m['dp_score']:.3f}")
-    parts.append(f"success {m['success_rate']:.3f}")
+    labels = results.get("metric_labels") or {"success_rate": "success rate"}
+    parts += [f"{label} {m[k]:.3f}" for k, label in labels.items() if isinstance(m.get(k), (int, float))]
     for task, v in (m.get("per_task_success") or {}).items():
         parts.append(f"{task} {v:.2f}")
     t = results["timing"]

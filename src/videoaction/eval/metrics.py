@@ -1,11 +1,8 @@
-"""Evaluation metrics: PushT coverage / DP score / success, Metaworld success, PSNR, SSIM, Frechet distance,
-and loaders for LPIPS / FVD feature networks supplied by the user as local TorchScript files.
+"""Evaluation metrics: success rate and per-task summaries, PSNR, SSIM, Frechet distance, and loaders for
+LPIPS / FVD feature networks supplied by the user as local TorchScript files.
 
-PushT reports two numbers, always together (they are not comparable to each other):
-
-* **DP score** (Diffusion Policy / UVA ``test/mean_score``): mean over episodes of the per-episode maximum of
-  ``clip(coverage / 0.95, 0, 1)``;
-* **success rate** (LeRobot ``pc_success``): fraction of episodes with ``coverage > 0.95`` at any step.
+Environment-specific metrics (PushT's DP score and coverage) are defined by the environment's
+:class:`~videoaction.envs.spec.MetricSpec` and merged in by :func:`summarize_episodes`.
 
 Nothing here downloads anything: LPIPS and FVD need a weights file given by path.
 """
@@ -14,55 +11,38 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: F401 (FVD resizing)
 
-from videoaction.data.errors import VideoActionError
-
-PUSHT_SUCCESS_THRESHOLD = 0.95
-PUSHT_GOAL_POSE = (256.0, 256.0, math.pi / 4)
+from videoaction.errors import VideoActionError
 
 
 class MetricError(VideoActionError):
     """Bad input to a metric (shapes, ranges) or a missing / unreadable feature-network file."""
 
 
-# ------------------------------------------------------------------------------------------------ PushT / success
-def _tee_polygons(pose: Sequence[float]):
-    """The two rectangles of gym-pusht's T block (scale 30, length 4) at ``pose`` = (x, y, angle)."""
-    import shapely.geometry as sg
-
-    s, length = 30.0, 4.0
-    bar = [(-length * s / 2, s), (length * s / 2, s), (length * s / 2, 0.0), (-length * s / 2, 0.0)]
-    stem = [(-s / 2, s), (-s / 2, length * s), (s / 2, length * s), (s / 2, s)]
-    x, y, a = (float(v) for v in pose)
-    c, si = math.cos(a), math.sin(a)
-    polys = [sg.Polygon([(x + c * u - si * v, y + si * u + c * v) for u, v in verts]) for verts in (bar, stem)]
-    return sg.MultiPolygon(polys)
+# Environment-specific metrics live with their environment (its EnvSpec's MetricSpec); the PushT ones stay reachable
+# here under their historical names.
+_ENV_METRIC_ALIASES = {"pusht_coverage": ("videoaction.envs.pusht", "coverage"),
+                       "PUSHT_GOAL_POSE": ("videoaction.envs.pusht", "GOAL_POSE"),
+                       "PUSHT_SUCCESS_THRESHOLD": ("videoaction.envs.pusht", "SUCCESS_THRESHOLD"),
+                       "coverage_reward": ("videoaction.envs.pusht", "coverage_reward"),
+                       "dp_score": ("videoaction.envs.pusht", "dp_score")}
 
 
-def pusht_coverage(block_pose: Sequence[float], goal_pose: Sequence[float] = PUSHT_GOAL_POSE) -> float:
-    """area(block ∩ goal) / area(goal) for gym-pusht block / goal poses (x, y, angle) — the env's own formula."""
-    goal = _tee_polygons(goal_pose)
-    return float(goal.intersection(_tee_polygons(block_pose)).area / goal.area)
+def __getattr__(name: str):
+    if name in _ENV_METRIC_ALIASES:
+        import importlib
+
+        module, attr = _ENV_METRIC_ALIASES[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def coverage_reward(coverage, threshold: float = PUSHT_SUCCESS_THRESHOLD):
-    """PushT per-step reward ``clip(coverage / 0.95, 0, 1)`` (array-friendly)."""
-    return np.clip(np.asarray(coverage, dtype=np.float64) / threshold, 0.0, 1.0)
-
-
-def dp_score(max_coverages: Iterable[float], threshold: float = PUSHT_SUCCESS_THRESHOLD) -> float:
-    """Diffusion Policy score: mean over episodes of max-over-steps clip(coverage / 0.95, 0, 1)."""
-    cov = np.asarray(list(max_coverages), dtype=np.float64)
-    if cov.size == 0:
-        raise MetricError("dp_score: no episodes")
-    return float(coverage_reward(cov, threshold).mean())
-
-
+# ------------------------------------------------------------------------------------------------ success
 def success_rate(successes: Iterable[bool]) -> float:
     """Fraction of episodes that succeeded at any step (LeRobot's ``pc_success`` / 100)."""
     s = np.asarray(list(successes), dtype=bool)
@@ -71,8 +51,12 @@ def success_rate(successes: Iterable[bool]) -> float:
     return float(s.mean())
 
 
-def summarize_episodes(episodes: Sequence[dict], pusht: bool) -> dict:
-    """Aggregate per-episode records (``success``, ``max_coverage``, ``steps``, ``sum_reward``) of one task."""
+def summarize_episodes(episodes: Sequence[dict],
+                       extra: Callable[[Sequence[dict]], Mapping[str, float]] | None = None) -> dict:
+    """Aggregate per-episode records (``success``, ``steps``, ``sum_reward``, ``max_reward``) of one task; ``extra``
+    (an environment's ``MetricSpec.summarize``) adds its own metrics."""
+    if not episodes:
+        raise MetricError("summarize_episodes: no episodes")
     out = {
         "n_episodes": len(episodes),
         "success_rate": success_rate(e["success"] for e in episodes),
@@ -80,10 +64,8 @@ def summarize_episodes(episodes: Sequence[dict], pusht: bool) -> dict:
         "mean_sum_reward": float(np.mean([e["sum_reward"] for e in episodes])),
         "mean_max_reward": float(np.mean([e["max_reward"] for e in episodes])),
     }
-    if pusht:
-        out["dp_score"] = dp_score(e["max_coverage"] for e in episodes)
-        out["mean_max_coverage"] = float(np.mean([e["max_coverage"] for e in episodes]))
-        out["mean_final_coverage"] = float(np.mean([e["final_coverage"] for e in episodes]))
+    if extra is not None:
+        out.update(extra(episodes))
     return out
 
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.utils.io import atomic_write_bytes
 
 CSS = """
@@ -82,6 +82,16 @@ def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
     return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _metric_labels(res: Mapping[str, Any]) -> dict[str, str]:
+    """Metric key -> column label, in order: the environment's (results' ``metric_labels``, from its EnvSpec), or
+    for results without them every scalar headline metric under its own name."""
+    if res.get("metric_labels"):
+        return dict(res["metric_labels"])
+    m = res.get("metrics", {})
+    return {k: k.replace("_", " ") for k, v in m.items()
+            if k != "n_episodes" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _headline_rows(runs: Sequence[Mapping[str, Any]], baselines: Mapping[str, Mapping[str, Any]] | None) -> list[dict]:
     """One row per evaluated policy; baselines grouped under the model row of the same environment."""
     named = [(r.get("name") or r.get("policy") or "model", r) for r in runs]
@@ -92,23 +102,21 @@ def _headline_rows(runs: Sequence[Mapping[str, Any]], baselines: Mapping[str, Ma
         for name, res in [x for x in named if x[1].get("env") == env] + [x for x in base if x[1].get("env") == env]:
             m = res.get("metrics", {})
             row = {"policy": name, "env": env, "episodes": m.get("n_episodes")}
-            if "dp_score" in m:
-                row["DP score"] = m["dp_score"]
-            row["success rate"] = m.get("success_rate")
-            if "mean_max_coverage" in m:
-                row["mean max coverage"] = m["mean_max_coverage"]
+            row.update({label: m.get(k) for k, label in _metric_labels(res).items() if k in m})
+            obs = res.get("observation") or {}
+            if obs.get("privileged_state"):
+                row["observation"] = "privileged state"
             rows.append(row)
     return rows
 
 
-def _episode_rows(task_res: Mapping[str, Any]) -> list[dict]:
+def _episode_rows(task_res: Mapping[str, Any], columns: Mapping[str, str] | None = None) -> list[dict]:
+    """Per-episode rows; ``columns``: the environment's extra per-episode keys -> labels (results'
+    ``episode_columns``)."""
     rows = []
     for ep in task_res.get("episodes", []):
         row = {"seed": ep["seed"], "success": bool(ep["success"]), "steps": ep["steps"]}
-        if ep.get("max_coverage") is not None:
-            row["max coverage"] = ep["max_coverage"]
-            row["max clip(cov/0.95)"] = min(max(ep["max_coverage"] / 0.95, 0.0), 1.0)
-            row["final coverage"] = ep.get("final_coverage")
+        row.update({label: ep[k] for k, label in (columns or {}).items() if ep.get(k) is not None})
         row["max reward"] = ep.get("max_reward")
         if ep.get("video"):
             row["video"] = f"html:<a href='{_e(ep['video'])}'>mp4</a>"
@@ -274,7 +282,8 @@ def write_report(out_dir, results: Mapping[str, Any] | Sequence[Mapping[str, Any
             body += f"<h3>{_e(label)}per task</h3>" + html_table(
                 [{"task": k, **dict(t["metrics"])} for k, t in tasks.items()], cls="per-task")
         for task, t in tasks.items():
-            body += f"<h3>{_e(label + task)}</h3>" + html_table(_episode_rows(t), cls="per-episode")
+            body += f"<h3>{_e(label + task)}</h3>" + html_table(_episode_rows(t, r.get("episode_columns")),
+                                                                cls="per-episode")
             for ep in t["episodes"]:
                 rel = ep.get("video") and _copy_media(ep["video"], src, out)
                 if rel:
@@ -320,7 +329,7 @@ def write_report(out_dir, results: Mapping[str, Any] | Sequence[Mapping[str, Any
         add(t, body, "extra-" + "".join(c if c.isalnum() else "-" for c in t.lower()))
     if run_cfg:
         add("Config", f"<pre>{_e(json.dumps(run_cfg, indent=2, default=str))}</pre>", "config")
-    keys = ("env", "policy", "checkpoint", "seeds", "protocol", "versions", "timing", "created_utc")
+    keys = ("env", "policy", "checkpoint", "observation", "seeds", "protocol", "versions", "timing", "created_utc")
     per_run = [{k: r[k] for k in keys if k in r} for r in runs]
     facts: dict[str, Any] = {"runs": per_run} if len(per_run) > 1 else (per_run[0] if per_run else {})
     if video_results:

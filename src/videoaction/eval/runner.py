@@ -11,12 +11,13 @@ Protocol (Diffusion Policy's runner / MultiStepWrapper, LeRobot's success defini
   policy is queried again (per sub-env, so episodes that end mid-chunk never reuse stale actions); a sub-env whose
   episode ended waits for the next chunk boundary to start its next seed, so all sub-envs share one policy call;
 * an episode ends on ``terminated`` / ``truncated``, on success (``info["is_success"]``), or after ``max_steps``;
-* per episode: success at any step, max / final coverage (PushT), max and summed reward, steps.
+* per episode: success at any step, max and summed reward, steps, and ``initial_/max_/final_<key>`` of the info
+  keys the environment's :class:`~videoaction.envs.spec.MetricSpec` tracks (PushT: coverage).
 
-Seeds (see :func:`default_seeds`): PushT uses Diffusion Policy's test seeds 100000, 100001, ... — note that
-gym-pusht 0.1.8 draws its initial state differently from DP's legacy env (0.1.5), so the same seed does **not**
-give DP's start state and numbers are comparable only across runs with the same gym-pusht version (recorded in
-every result). Metaworld uses seeds 100000+ as well (away from the demo seeds 0..N).
+Everything environment-specific (max steps, seeds, metrics, the observation protocol, versions to record) comes
+from the environment's :class:`~videoaction.envs.spec.EnvSpec`. Seeds (see :func:`default_seeds`) start at the
+spec's ``seed_start`` (100000 for PushT, Diffusion Policy's test seeds, and for Metaworld, away from the demo seeds
+0..N); the PushT spec's ``seeds_note`` says why gym-pusht 0.1.8 seeds are not DP's start states.
 """
 
 from __future__ import annotations
@@ -33,37 +34,29 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from videoaction.data.transforms import resize_uint8_frames
 from videoaction.errors import VideoActionError
 from videoaction.eval import metrics as M
 from videoaction.eval.history import HISTORY_ACTION_KEY, ObservationHistory
 
-TEST_SEED_START = 100_000
-DEFAULT_MAX_STEPS = {"pusht": 300, "metaworld": 500}
-VERSION_PACKAGES = ("videoaction", "gym-pusht", "metaworld", "mujoco", "gymnasium", "torch", "numpy", "pymunk",
-                    "shapely")
+VERSION_PACKAGES = ("videoaction", "gymnasium", "torch", "numpy")  # + the environment's EnvSpec.packages
+PRIVILEGED_LABEL = "privileged_state"  # a preset whose name contains this may condition on the full state
 
 
 # ------------------------------------------------------------------------------------------------ specs and seeds
-def env_family(spec: str) -> str:
-    """'pusht' for every PushT variant (pusht, pusht-m, pusht-<robustness>...), 'metaworld', or the spec's head."""
-    head = spec.split(":", 1)[0].lower()
-    return "pusht" if head.startswith("pusht") else head
-
-
 def expand_env_spec(spec: str) -> list[str]:
-    """``metaworld:a,b`` -> [``metaworld:a``, ``metaworld:b``]; ``metaworld:MT10`` / ``MT50`` -> their task lists
-    (names checked by :func:`videoaction.envs.metaworld.resolve_tasks`; unknown names list the valid ones)."""
-    head, _, rest = spec.partition(":")
-    if head.lower() != "metaworld" or not rest:
-        return [spec]
-    from videoaction.envs.metaworld import resolve_tasks
+    """One spec string per task (the EnvSpec's ``expand``): ``metaworld:a,b`` -> [``metaworld:a``,
+    ``metaworld:b``]; ``metaworld:MT10`` -> its ten tasks; single-task specs unchanged."""
+    from videoaction.envs.spec import expand_env
 
-    return [f"metaworld:{t}" for t in resolve_tasks(rest)]
+    return expand_env(spec)
 
 
-def default_seeds(spec: str, n_episodes: int, start: int = TEST_SEED_START) -> list[int]:
-    """The documented fixed evaluation seeds: ``start, start + 1, ...`` (DP's PushT test seeds for PushT)."""
-    return list(range(start, start + int(n_episodes)))
+def default_seeds(spec: str, n_episodes: int, start: int | None = None) -> list[int]:
+    """The documented fixed evaluation seeds: ``start, start + 1, ...``, from the EnvSpec's ``seed_start``."""
+    from videoaction.envs.spec import get_env_spec
+
+    return get_env_spec(spec).default_seeds(n_episodes, start)
 
 
 def package_versions(names: Sequence[str] = VERSION_PACKAGES) -> dict[str, str | None]:
@@ -131,7 +124,7 @@ class PolicyAdapter:
                                        f"{sorted(obs)}")
             x = obs[key][:, -shape[0]:]  # (B, T_k, ...)
             if x.dtype == np.uint8 and len(shape) == 4 and tuple(x.shape[2:4]) != tuple(shape[1:3]):
-                x = _resize_frames(x, shape[1:3])
+                x = resize_uint8_frames(x, tuple(shape[1:3]))
                 if not self._warned:
                     print(f"videoaction eval: note: resizing {key} frames {obs[key].shape[2:4]} -> {shape[1:3]}")
                     self._warned = True
@@ -154,6 +147,10 @@ class PolicyAdapter:
             pred = self.policy.predict_action(self._model_obs(obs), **kw)["action"]
             actions = pred.detach().float().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
         else:
+            if self.spec:  # a callable that declares its observations gets those (low-dim keys: the first D dims)
+                obs = {k: (v if k == "language" or k not in self.spec or len(self.spec[k]) != 2
+                           else v[..., : self.spec[k][-1]]) for k, v in obs.items()
+                       if k in self.spec or k == "language"}
             o = dict(obs) if self.n_obs_steps > 1 else {k: (v[:, -1] if k != "language" else v) for k, v in obs.items()}
             actions = np.asarray(self.policy(o), dtype=np.float32)
         if actions.ndim == 2:
@@ -161,15 +158,6 @@ class PolicyAdapter:
         if actions.ndim != 3:
             raise VideoActionError(f"policy returned actions of shape {actions.shape}; expected (B, n_steps, A)")
         return actions[:, : self.n_action_steps] if self.n_action_steps > 0 else actions
-
-
-def _resize_frames(x: np.ndarray, hw) -> np.ndarray:
-    import torch.nn.functional as F
-
-    b, t = x.shape[:2]
-    y = torch.from_numpy(x).reshape(b * t, *x.shape[2:]).permute(0, 3, 1, 2).float()
-    y = F.interpolate(y, size=tuple(hw), mode="bilinear", align_corners=False, antialias=True)
-    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).reshape(b, t, *hw, 3).numpy()
 
 
 # ------------------------------------------------------------------------------------------------ rollouts
@@ -210,13 +198,14 @@ def _make_vector_env(spec: str, n_envs: int, seed: int, env_fn: Callable, env_kw
 def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs: int, max_steps: int,
                  record_video: int = 0, env_fn: Callable | None = None, env_kwargs: dict | None = None,
                  vector: str = "sync", stop_on_success: bool = True, progress: bool = True,
-                 sync_chunks: bool = True) -> dict:
+                 sync_chunks: bool = True, tracked_info: Sequence[str] = ()) -> dict:
     """Roll out one episode per seed in ``spec``. Returns ``{"episodes": [...], "frames": {seed: (T,H,W,3)},
     "env_steps": int, "policy_calls": int, "policy_s": float, "wall_s": float}`` (episodes in seed order).
 
     ``sync_chunks``: a sub-env whose episode ends mid-chunk waits for the others' chunk boundary before starting its
     next episode, so the policy is always called once per chunk for all sub-envs (a few idle env steps are far
-    cheaper than extra model calls); False starts it at once.
+    cheaper than extra model calls); False starts it at once. ``tracked_info``: per-step ``info`` keys recorded per
+    episode as ``initial_<k>`` (at reset), ``max_<k>`` and ``final_<k>`` (over the steps; the EnvSpec's metrics).
     """
     from tqdm.auto import tqdm
 
@@ -254,12 +243,14 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
             histories[i] = ObservationHistory(T, action_dim=history_action_dim)
             histories[i].reset(obs_i)
             actions_q[i].clear()
-            cov = info_i.get("coverage")
-            # max / final coverage count the steps only (DP's score is the max of per-step rewards): a start that
-            # happens to overlap the goal must not score by itself
             stats[i] = {"seed": slot_seed[i], "task": spec, "success": False, "steps": 0, "sum_reward": 0.0,
-                        "max_reward": -np.inf, "initial_coverage": float(cov) if cov is not None else None,
-                        "max_coverage": None, "final_coverage": None}
+                        "max_reward": -np.inf}
+            # max / final values count the steps only (DP's score is the max of per-step rewards): a start that
+            # happens to overlap the goal must not score by itself
+            for key in tracked_info:
+                v = info_i.get(key)
+                stats[i].update({f"initial_{key}": float(v) if v is not None else None, f"max_{key}": None,
+                                 f"final_{key}": None})
             if slot_ep[i] is not None and slot_ep[i] < record_video:
                 frames[slot_ep[i]] = [np.asarray(obs_i["image"]).copy()] if "image" in obs_i else []
 
@@ -267,7 +258,7 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
             return {k: v[i] for k, v in o.items()}
 
         def slot_info(inf, i):
-            return {k: _info_at(inf, k, i) for k in ("coverage", "is_success", "success", "language")
+            return {k: _info_at(inf, k, i) for k in ("is_success", "success", "language", *tracked_info)
                     if _info_at(inf, k, i) is not None}
 
         for i in range(n_envs):
@@ -313,9 +304,9 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
             reset_seeds: list[int | None] = [None] * n_envs
             for i in range(n_envs):
                 o_i = slot_obs(obs, i)
-                if slot_ep[i] is None:  # idle slot: keep it valid, ignore its results
+                if slot_ep[i] is None:  # idle slot: keep it valid (unseeded reset), ignore its results
                     if terminated[i] or truncated[i]:
-                        reset_mask[i], reset_seeds[i] = True, slot_seed[i]
+                        reset_mask[i] = True
                     continue
                 st = stats[i]
                 inf = slot_info(info, i)
@@ -324,10 +315,11 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
                 st["max_reward"] = max(st["max_reward"], float(reward[i]))
                 ok = bool(inf.get("is_success", inf.get("success", False)))
                 st["success"] = st["success"] or ok
-                if "coverage" in inf:
-                    c = float(inf["coverage"])
-                    st["final_coverage"] = c
-                    st["max_coverage"] = c if st["max_coverage"] is None else max(st["max_coverage"], c)
+                for key in tracked_info:
+                    if key in inf:
+                        c, mk = float(inf[key]), f"max_{key}"
+                        st[f"final_{key}"] = c
+                        st[mk] = c if st[mk] is None else max(st[mk], c)
                 histories[i].append(o_i, act[i])
                 if slot_ep[i] in frames and "image" in o_i:
                     frames[slot_ep[i]].append(np.asarray(o_i["image"]).copy())
@@ -336,9 +328,10 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
                     pbar.update(1)
                     if queue and not sync_chunks:  # start the next episode right away
                         slot_ep[i], slot_seed[i] = queue.popleft()
-                    else:  # wait (reset to stay valid) for the next chunk boundary or the end
+                    else:  # wait (reset to stay valid, unseeded: no episode runs) for a chunk boundary or the end
                         slot_ep[i] = None
-                    reset_mask[i], reset_seeds[i] = True, slot_seed[i]
+                    reset_mask[i] = True
+                    reset_seeds[i] = slot_seed[i] if slot_ep[i] is not None else None
             if reset_mask.any():
                 obs_r, info_r = venv.reset(seed=reset_seeds, options={"reset_mask": reset_mask})
                 for i in np.nonzero(reset_mask)[0]:
@@ -361,39 +354,48 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
                     sync_chunks: bool = True,
                     stop_on_success: bool = True, progress: bool = True, torch_seed: int = 0,
                     video_fps: int = 10, video_upscale: int = 1, predict_kwargs: Mapping[str, Any] | None = None,
-                    extra: Mapping[str, Any] | None = None, results_file: str = "results.json") -> dict:
+                    extra: Mapping[str, Any] | None = None, results_file: str = "results.json",
+                    privileged_state: bool | None = None) -> dict:
     """Evaluate ``policy`` (a videoaction Policy, a checkpoint directory, or a callable ``obs -> (B, Ta, A)``;
     callables with ``n_obs_steps == 1`` get unstacked ``(B, ...)`` observations) in ``env_spec``.
 
-    ``env_spec``: ``pusht``, ``pusht-m``, a PushT robustness variant, ``metaworld:<task>[,<task>...]`` or
-    ``metaworld:MT10`` / ``MT50`` (each task gets the same seed list). ``seeds`` default to
-    :func:`default_seeds` (``n_episodes`` of them, from ``seed``, default 100000). The first ``record_video``
-    episodes of each task are written as mp4 under ``out_dir/videos``. With ``out_dir`` the results are also written to ``out_dir/<results_file>``
-    (atomically). Returns the results dict (``metrics`` = headline numbers; ``tasks`` = per-task metrics and
-    per-episode records; ``versions``; ``seeds``; ``timing``).
+    ``env_spec``: any registered environment's spec string (``pusht``, ``pusht-m``, a PushT robustness variant,
+    ``metaworld:<task>[,<task>...]``, ``metaworld:MT10`` / ``MT50``; multi-task specs give each task the same seed
+    list). ``seeds`` default to :func:`default_seeds` (``n_episodes`` of them, from ``seed``, default the spec's
+    ``seed_start``); ``max_steps`` defaults to the spec's. The first ``record_video`` episodes of each task are written
+    as mp4 under ``out_dir/videos``. With ``out_dir`` the results are also written to ``out_dir/<results_file>``
+    (atomically). ``privileged_state``: allow a policy to condition on state beyond the spec's standard
+    observation (default: only when its preset name contains ``privileged_state``); see
+    :func:`videoaction.envs.spec.check_observation_protocol`. Returns the results dict (``metrics`` = headline
+    numbers; ``tasks`` = per-task metrics and per-episode records; ``observation``; ``versions``; ``seeds``;
+    ``timing``).
     """
+    from videoaction.envs.spec import check_observation_protocol, get_env_spec
     from videoaction.eval.video import save_png, upscale, write_mp4
     from videoaction.utils.io import atomic_write_json
 
-    family = env_family(env_spec)
-    pusht = family == "pusht"
+    spec = get_env_spec(env_spec)
     if seeds is None:
-        seeds = default_seeds(env_spec, n_episodes, TEST_SEED_START if seed is None else int(seed))
+        seeds = spec.default_seeds(n_episodes, seed)
     seeds = [int(s) for s in seeds]
-    max_steps = int(max_steps or DEFAULT_MAX_STEPS.get(family, 300))
+    max_steps = int(max_steps or spec.max_steps)
     if isinstance(policy, (str, Path)):  # a checkpoint (or run) directory
         from videoaction.models.base import load_policy
 
         policy = load_policy(policy)
     adapter = policy if isinstance(policy, PolicyAdapter) else PolicyAdapter(policy, predict_kwargs, seed=torch_seed)
+    if privileged_state is None:
+        privileged_state = PRIVILEGED_LABEL in str(getattr(getattr(adapter.policy, "cfg", None), "preset", "") or "")
+    observation = check_observation_protocol(spec, adapter.spec, privileged=bool(privileged_state))
     out = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(torch_seed)
     tasks: dict[str, dict] = {}
     timing = {"wall_s": 0.0, "env_steps": 0, "env_steps_active": 0, "policy_calls": 0, "policy_s": 0.0}
+    ms = spec.metrics
     for task in expand_env_spec(env_spec):
         run = run_episodes(adapter, task, seeds, n_envs, max_steps, record_video=record_video, env_fn=env_fn,
                            env_kwargs=env_kwargs, vector=vector, stop_on_success=stop_on_success, progress=progress,
-                           sync_chunks=sync_chunks)
+                           sync_chunks=sync_chunks, tracked_info=ms.tracked_info)
         for k in timing:
             timing[k] += run[k]
         for ep in run["episodes"]:
@@ -407,33 +409,36 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
         for ep in run["episodes"]:
             if ep["max_reward"] == -np.inf:
                 ep["max_reward"] = 0.0
-        tasks[task] = {"metrics": M.summarize_episodes(run["episodes"], pusht=pusht), "episodes": run["episodes"]}
+        tasks[task] = {"metrics": M.summarize_episodes(run["episodes"], extra=ms.summarize),
+                       "episodes": run["episodes"]}
     metrics: dict[str, Any] = {
         "success_rate": float(np.mean([t["metrics"]["success_rate"] for t in tasks.values()])),
         "n_episodes": int(sum(t["metrics"]["n_episodes"] for t in tasks.values())),
     }
-    if pusht:
-        all_eps = [e for t in tasks.values() for e in t["episodes"]]
-        metrics["dp_score"] = M.dp_score(e["max_coverage"] for e in all_eps)
-        metrics["mean_max_coverage"] = float(np.mean([e["max_coverage"] for e in all_eps]))
+    if ms.headline and ms.summarize is not None:  # the env's own metrics over every task's episodes
+        overall = ms.summarize([e for t in tasks.values() for e in t["episodes"]])
+        metrics.update({k: overall[k] for k in ms.headline})
     if len(tasks) > 1:
         metrics["per_task_success"] = {k: t["metrics"]["success_rate"] for k, t in tasks.items()}
     timing["env_steps_per_s"] = timing["env_steps"] / max(timing["wall_s"], 1e-9)
     timing["active_env_steps_per_s"] = timing["env_steps_active"] / max(timing["wall_s"], 1e-9)
     results = {
         "env": env_spec,
-        "env_family": family,
+        "env_family": spec.env_family,
         "policy": adapter.description,
-        "metric_definitions": _metric_definitions(pusht),
+        "metric_definitions": _metric_definitions(spec),
+        "metric_labels": dict(ms.labels),
+        "episode_columns": dict(ms.episode_columns),
         "metrics": metrics,
         "tasks": tasks,
         "seeds": seeds,
+        "observation": observation,
         "protocol": {"n_envs": min(n_envs, len(seeds)), "max_steps": max_steps, "n_obs_steps": adapter.n_obs_steps,
                      "n_action_steps": adapter.n_action_steps, "stop_on_success": stop_on_success,
                      "vector": vector, "sync_chunks": sync_chunks, "torch_seed": torch_seed,
-                     "env_kwargs": dict(env_kwargs or {}),
+                     "env_kwargs": dict(env_kwargs or {}), "render_backend": spec.render_backend,
                      "predict_kwargs": dict(adapter.predict_kwargs)},
-        "versions": package_versions(),
+        "versions": package_versions((*VERSION_PACKAGES, *spec.packages)),
         "timing": timing,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -444,11 +449,7 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
     return results
 
 
-def _metric_definitions(pusht: bool) -> dict[str, str]:
+def _metric_definitions(spec) -> dict[str, str]:
     d = {"success_rate": "fraction of episodes with success (info is_success) at any step (LeRobot pc_success/100)"}
-    if pusht:
-        d["dp_score"] = ("mean over episodes of max over steps of clip(coverage/0.95, 0, 1) "
-                         "(Diffusion Policy / UVA test/mean_score)")
-        d["seeds_note"] = ("gym-pusht 0.1.8 draws initial states differently from Diffusion Policy's legacy env: "
-                           "the same seeds are not DP's test set; compare only runs with the same gym-pusht version")
+    d.update(spec.metrics.definitions)
     return d
