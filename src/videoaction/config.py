@@ -84,6 +84,8 @@ class DatasetConfig:
     val_ratio: float = 0.05
     max_train_episodes: int | None = None
     split_seed: int = 42
+    episodes_file: str | None = None  # only these episode indices (JSON list or one per line), like UVA's
+    # used_episode_indices_file; train/val are split among them
     action_norm: str = "minmax"  # minmax | meanstd | identity
     state_norm: str = "minmax"
 

@@ -45,7 +45,13 @@ class SequenceDataset(Dataset):
         self._check_shapes()
         if self.store.n_episodes == 0:
             raise StoreError(self.store.path, "store has no episodes")
-        train, val = split_episodes(self.store.n_episodes, cfg.val_ratio, cfg.split_seed, cfg.max_train_episodes)
+        if getattr(cfg, "episodes_file", None):  # only the listed episodes, split among themselves
+            from videoaction.data.formats.base import read_episode_list, split_subset
+
+            train, val = split_subset(read_episode_list(cfg.episodes_file), self.store.n_episodes, cfg.val_ratio,
+                                      cfg.split_seed, cfg.max_train_episodes)
+        else:
+            train, val = split_episodes(self.store.n_episodes, cfg.val_ratio, cfg.split_seed, cfg.max_train_episodes)
         self.episode_mask = {"train": train, "val": val, "all": np.ones_like(train)}[split]
         self.sampler = SequenceSampler(self.store.episode_ends, cfg.horizon, cfg.pad_before, cfg.pad_after,
                                        self.episode_mask)
@@ -57,7 +63,8 @@ class SequenceDataset(Dataset):
             self.state = state[:, : cfg.state_dims] if cfg.state_dims else state
         arr = self.store.array(self.frame_key)
         nbytes = self.store.n_steps * int(np.prod(arr.shape[1:])) * arr.dtype.itemsize
-        self.frames = self.store.to_numpy([self.frame_key])[self.frame_key] if nbytes <= IN_MEMORY_LIMIT_BYTES else None
+        in_memory = nbytes <= IN_MEMORY_LIMIT_BYTES and not getattr(self.store, "lazy_frames", False)
+        self.frames = self.store.to_numpy([self.frame_key])[self.frame_key] if in_memory else None
         self.language = None
         if cfg.language_key:
             self.language = [str(v) for v in self.store.meta_column(cfg.language_key)]

@@ -36,11 +36,17 @@ class EpisodeSource:
     meta: dict[str, list]  # per-episode metadata columns (language, task, source index, ...)
     attrs: dict[str, Any]
     image_keys: tuple[str, ...] = ()  # keys holding (H, W, 3) uint8 frames
-    lazy_frames: bool = True  # frames are decoded on demand (datasets should not copy them all into RAM)
+    # True: frames are read per sample, only the rows asked for (chunked stores such as UMI's zip); datasets
+    # should then not copy every frame into RAM. False: decoding whole episodes is the cheap path (videos, files).
+    lazy_frames: bool = False
 
     def read(self, episode: int, key: str) -> np.ndarray:
         """All steps of ``key`` in ``episode``: (T, *shape) with the spec's dtype."""
         raise NotImplementedError
+
+    def read_rows(self, episode: int, key: str, rows: np.ndarray) -> np.ndarray:
+        """Only ``rows`` (episode-local indices) of ``key``; readers with chunked storage override this."""
+        return self.read(episode, key)[rows]
 
     def close(self) -> None:
         pass
@@ -78,6 +84,18 @@ def read_episode_list(path: str | Path) -> list[int]:
     if len(set(out)) != len(out):
         raise FormatError(path, "episode indices repeat", found=sorted(i for i in set(out) if out.count(i) > 1))
     return out
+
+
+def split_subset(subset: Sequence[int], n_episodes: int, val_ratio: float, seed: int = 42,
+                 max_train_episodes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) masks over ``n_episodes`` that use only the episodes in ``subset`` (split among themselves)."""
+    from videoaction.data.sampler import split_episodes
+
+    idx = check_episode_subset(subset, n_episodes, "episode subset")
+    train_sub, val_sub = split_episodes(len(idx), val_ratio, seed, max_train_episodes)
+    train, val = np.zeros(n_episodes, dtype=bool), np.zeros(n_episodes, dtype=bool)
+    train[idx[train_sub]], val[idx[val_sub]] = True, True
+    return train, val
 
 
 def check_episode_subset(indices: Sequence[int], n_episodes: int, where) -> np.ndarray:
@@ -119,9 +137,14 @@ class _LazyArray:
         ends = self.store.episode_ends
         eps = np.searchsorted(ends, idx, side="right")
         starts = self.store.episode_starts
+        source = self.store.source
         for ep in np.unique(eps):
             mask = eps == ep
-            out[mask] = self.store.episode_key(int(ep), self.key)[idx[mask] - starts[ep]]
+            rows = idx[mask] - starts[ep]
+            if source.lazy_frames:
+                out[mask] = source.read_rows(int(self.store.episode_ids[ep]), self.key, rows)
+            else:
+                out[mask] = self.store.episode_key(int(ep), self.key)[rows]
         return out
 
     @property

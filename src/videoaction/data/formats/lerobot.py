@@ -127,7 +127,6 @@ class LeRobotSource(EpisodeSource):
             self.columns[key] = name
         self.image_keys = tuple(self.rename.get(k, k) for k, ft in features.items()
                                 if ft.get("dtype") in ("video", "image"))
-        self.lazy_frames = bool(self.video_keys)
         if version.startswith("v3"):
             self._load_episodes_v3()
         else:

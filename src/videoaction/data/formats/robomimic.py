@@ -105,7 +105,6 @@ class RobomimicSource(EpisodeSource):
                 raise FormatError(self.path, "env_args is not JSON", key="data.attrs['env_args']") from None
         self.meta = {"demo": list(names)}
         self.fps = 20.0
-        self.lazy_frames = True
 
     def _action_spec(self, ds) -> tuple[tuple[int, ...], np.dtype]:
         if ds.ndim != 2:

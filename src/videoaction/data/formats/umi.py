@@ -181,6 +181,18 @@ class UmiSource(EpisodeSource):
                 parts.append(np.asarray(f.array(f"robot{r}_{suffix}")[s:t], dtype=np.float32))
         return np.concatenate(parts, axis=-1)
 
+    lazy_frames = True  # JPEG-XL chunks of one frame each: read only the frames a sample needs
+
+    def read_rows(self, episode: int, key: str, rows: np.ndarray) -> np.ndarray:
+        f, s, t = self._index[episode]
+        if key in ("state", "action"):
+            return self.read(episode, key)[rows]
+        try:
+            return f.array(key).get_orthogonal_selection((np.asarray(rows, dtype=np.int64) + s,))
+        except Exception as exc:
+            raise FormatError(f.path, f"could not read ({type(exc).__name__}: {exc}); corrupt chunk?",
+                              key=f"data/{key}") from None
+
     def read(self, episode: int, key: str) -> np.ndarray:
         f, s, t = self._index[episode]
         if key == "state":
