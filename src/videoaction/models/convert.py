@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _MAR_HEADS = {"mar_tiny": 6, "mar_small": 6, "mar_base": 12, "mar_large": 16, "mar_huge": 16}
@@ -219,7 +219,8 @@ def convert_uva(src, dst, allow_pickle: bool = False, obs_image_size: int | None
     """Released UVA ``.ckpt`` -> checkpoint directory; returns a report (missing / unexpected keys per part)."""
     from videoaction.config import to_dict
     from videoaction.models.base import EMA_FILE
-    from videoaction.models.uva.policy import UVAPolicy, tokenizer_from_state
+    from videoaction.models.uva.policy import UVAPolicy
+    from videoaction.nn.tokenizer import tokenizer_from_state
     from videoaction.utils.io import save_state_dict
 
     ckpt = read_pickle(src, allow_pickle)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.data.store import EpisodeStore, is_image_array
 
 LATENT_ATTR = "latent_cache"
@@ -265,6 +265,10 @@ def init_from_mar_weights(policy: nn.Module, path, allow_pickle: bool, log: Log)
 # ------------------------------------------------------------------------------------------ optimizer
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay on >= 2-D weights; none on 1-D parameters (norms, biases, embeddings of dim 1)."""
+    text = getattr(m, "text", None)  # a learned per-instruction embedding: its vocabulary is the data's instructions
+    if text is not None and text.kind == "task_embedding" and not text.vocabulary and dataset.language is not None:
+        text.vocabulary = tuple(sorted({v.strip() for v in dataset.language}))
+        log(f"model.text.vocabulary: {len(text.vocabulary)} instructions (from the data)")
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -10,6 +10,7 @@ the diffusion MLP ``net`` independently. The class extends :class:`DiffusionHead
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from videoaction.nn.diffusion import DiffusionHead, DiffusionHeadConfig
@@ -30,12 +31,11 @@ class ActionHead(DiffusionHead):
 
     def aggregate(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder output (B, T*h*w, D) -> per-action conditions (B, n_actions, D)."""
-        b = z.shape[0]
         h, w = self.grid
-        x = z.reshape(b * self.n_frames, h, w, self.width).permute(0, 3, 1, 2)  # (B*T, D, h, w)
-        x = self.conv(x).flatten(1)  # (B*T, D*p*p)
-        x = self.fc(x).reshape(b, self.n_frames, self.width)  # (B, T, D)
-        x = self.interpolate(x.transpose(1, 2)).transpose(1, 2)  # (B, n_actions, D)
+        x = rearrange(z, "b (t h w) d -> (b t) d h w", t=self.n_frames, h=h, w=w)
+        x = self.fc(self.conv(x).flatten(1))  # (B*T, D*p*p) -> (B*T, D)
+        x = rearrange(x, "(b t) d -> b d t", t=self.n_frames)
+        x = rearrange(self.interpolate(x), "b d n -> b n d")  # T frames -> n_actions along time
         return self.refine(x)
 
     def action_loss(self, z: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None
@@ -53,10 +53,7 @@ class ActionHead(DiffusionHead):
         guided = (cfg != 1.0) if guidance is None else bool(guidance)
         cond = self.aggregate(z)  # (B', n, D)
         b = cond.shape[0] // (2 if guided else 1)
-        if guided:  # order tokens as [all cond; all uncond] for the head
-            flat = torch.cat([cond[:b].reshape(-1, self.width), cond[b:].reshape(-1, self.width)])
-        else:
-            flat = cond.reshape(-1, self.width)
+        flat = cond.reshape(-1, self.width)  # (B' * n, D): [all cond tokens; all uncond tokens] when guided
         out = self.sample(flat, temperature=temperature, cfg=cfg, num_steps=num_steps, sampler=sampler,
                           generator=generator, guidance=guided, clip_range=clip_range)
         return out.reshape(b, self.n_actions, -1)

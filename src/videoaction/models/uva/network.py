@@ -15,6 +15,7 @@ No MAE token dropping and no causal mask: every token attends to every other.
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -116,7 +117,7 @@ class UVANetwork(nn.Module):
 
     def _tokens(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, T, C, h, w) -> (B, T, L, C)."""
-        return latents.flatten(3).transpose(2, 3)
+        return rearrange(latents, "b t c h w -> b t (h w) c")
 
     def _fake(self, b: int, n: int) -> torch.Tensor:
         return self.fake_latent_x.expand(b, n, -1)

@@ -18,8 +18,6 @@ masked tokens, action loss on the ``n_actions`` actions from the last history fr
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from typing import Any, Mapping
 
 import numpy as np
@@ -35,9 +33,10 @@ from videoaction.models.uva.masking import (MODE_SPECS, choose_mode, gen_device,
                                             sample_mask_ratio)
 from videoaction.models.uva.network import UVANetwork
 from videoaction.models.uva.sampling import Cond, UVASamplingMixin
-from videoaction.nn.text import build_text_encoder
-from videoaction.nn.tokenizer import (KL16Autoencoder, SmallAutoencoder, Tokenizer, TokenizerConfig, TokenizerError,
-                                      build_tokenizer, resolved_config)
+from videoaction.models.text_condition import TextConditioning
+from videoaction.nn.latent_cache import LatentCache
+from videoaction.nn.tokenizer import SmallAutoencoder, Tokenizer, build_tokenizer, resolved_config, tokenizer_from_state
+
 
 class UVAPolicy(UVASamplingMixin, Policy):
     """Unified Video Action model (see the module docstring for the functions it offers).
@@ -91,18 +90,11 @@ class UVAPolicy(UVASamplingMixin, Policy):
             raise VideoActionError(f"model.n_actions {m.n_actions} from window position {self.action_start} does "
                                    f"not fit dataset.horizon {ds.horizon}")
         self._warned_cfg = False
-        self._latent_cache: OrderedDict[bytes, torch.Tensor] | None = None
-        self._latent_cache_size = 0
-        self.text_encoder = None
-        self._frozen_text: list = []  # a frozen pretrained text encoder (CLIP, ...) is built on first use
-        if m.language and m.text.kind in ("task_embedding", "none"):
-            if m.text.kind == "task_embedding" and not m.text.vocabulary and cfg.data and ds.language_key:
-                from videoaction.data.store import EpisodeStore  # vocabulary = the training store's instructions
-
-                store = EpisodeStore.open(cfg.data)
-                m.text.vocabulary = tuple(sorted({str(v).strip() for v in store.meta_column(ds.language_key)}))
-            self.text_encoder = build_text_encoder(m.text)  # learned: its weights are in the state dict
-            m.text_dim = int(self.text_encoder.dim)
+        self.latent_cache: LatentCache | None = None  # see enable_latent_cache
+        self._text = TextConditioning(m.text) if m.language else None
+        self.text_encoder = self._text.learned if self._text else None  # learned weights: in the state dict
+        if self._text and self._text.dim is not None:
+            m.text_dim = self._text.dim
         self.model = UVANetwork(m, self.tokenizer.latent_channels, grid, fr.n_future, fr.n_history,
                                 n_history_actions=fr.n_history)
         self.normalizer = self.build_normalizer(m.action_dim, m.state_dim if m.use_state or m.predict_state else 0)
@@ -182,49 +174,20 @@ class UVAPolicy(UVASamplingMixin, Policy):
     def enable_latent_cache(self, max_frames: int = 256) -> None:
         """Remember the latents of observed frames (keyed by their bytes): consecutive policy calls share history
         frames (UVA: 2 of 4 when executing 8 of 16 actions), so only new frames are encoded. ``0`` disables."""
-        self._latent_cache = OrderedDict() if max_frames > 0 else None
-        self._latent_cache_size = max_frames
+        self.latent_cache = LatentCache(max_frames) if max_frames > 0 else None
 
     @torch.no_grad()
     def encode_observed(self, frames) -> torch.Tensor:
         """Raw uint8 frames (B, F, H, W, 3) -> latents (B, F, C, h, w), through the latent cache when enabled."""
-        if self._latent_cache is None:
+        if self.latent_cache is None:
             return self.encode_frames(self.preprocess(frames))
-        arr = np.ascontiguousarray(frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames))
-        b, f = arr.shape[:2]
-        keys = [hashlib.blake2b(arr[i, j].tobytes() + str(arr.shape[2:]).encode(), digest_size=16).digest()
-                for i in range(b) for j in range(f)]
-        cache = self._latent_cache
-        todo = sorted({k: n for n, k in enumerate(keys) if k not in cache}.values())
-        if todo:
-            flat = arr.reshape(b * f, *arr.shape[2:])[todo][None]  # (1, n_new, H, W, 3)
-            new = self.encode_frames(self.preprocess(flat))[0]
-            for n, z in zip(todo, new):
-                cache[keys[n]] = z
-        out = torch.stack([cache[k] for k in keys])
-        for k in keys:
-            cache.move_to_end(k)
-        while len(cache) > self._latent_cache_size:
-            cache.popitem(last=False)
-        return out.reshape(b, f, *out.shape[1:])
+        return self.latent_cache.encode(frames, lambda new: self.encode_frames(self.preprocess(new)))
 
     def encode_text(self, texts) -> torch.Tensor:
         """Instructions (list of B strings) -> text features (B, text_dim)."""
-        m = self.cfg.model
-        if not m.language:
+        if self._text is None:
             raise VideoActionError("this UVA model has no language input (model.language is False)")
-        if isinstance(texts, str) or len(texts) == 0:
-            raise VideoActionError(f"language must be a non-empty list of strings, found {texts!r}")
-        enc = self.text_encoder
-        if enc is None:
-            if not self._frozen_text:
-                frozen = build_text_encoder(m.text)
-                if int(frozen.dim) != m.text_dim:
-                    raise VideoActionError(f"text encoder {m.text.kind} at {m.text.path}: feature size {frozen.dim} "
-                                           f"but the model was built for model.text_dim {m.text_dim}")
-                self._frozen_text.append(frozen)
-            enc = self._frozen_text[0].to(self.device)
-        return enc.encode(list(texts)).to(self.device, torch.float32)
+        return self._text.encode(texts, self.device, self.cfg.model.text_dim)
 
     def _frames_latents(self, x, n: int, what: str) -> torch.Tensor:
         """uint8 frames (B, n, H, W, 3) or latents (B, n, C, h, w) float -> latents."""
@@ -431,23 +394,3 @@ class UVAPolicy(UVASamplingMixin, Policy):
         fut = self.encode_frames(batch["image"][:, nh:], sample, g) if need_future else None
         return hist, fut
 
-
-def kl16_arch(sd: Mapping[str, torch.Tensor]) -> dict:
-    """kl16 architecture (ch, ch_mult, embed_dim) from its state-dict shapes (narrow test copies included)."""
-    try:
-        ch = int(sd["encoder.conv_in.weight"].shape[0])
-        n_levels = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.down."))
-        mult = tuple(int(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch for i in range(n_levels))
-        return {"ch": ch, "ch_mult": mult, "embed_dim": int(sd["post_quant_conv.weight"].shape[0])}
-    except (KeyError, ValueError) as exc:
-        raise TokenizerError(f"kl16 weights: cannot infer the architecture (missing {exc})") from None
-
-
-def tokenizer_from_state(cfg: TokenizerConfig, sd: Mapping[str, torch.Tensor], source: str) -> Tokenizer:
-    """The tokenizer module a checkpoint's ``tokenizer.*`` tensors fit (weights are loaded afterwards)."""
-    if not sd:
-        raise TokenizerError(f"{source}: no tokenizer.* weights in this checkpoint")
-    if cfg.kind == "kl16":
-        a = kl16_arch(sd)
-        return KL16Autoencoder(a["ch"], a["ch_mult"], a["embed_dim"], cfg.scale if cfg.scale is not None else 0.2325)
-    return SmallAutoencoder.from_config(cfg)

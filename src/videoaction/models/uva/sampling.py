@@ -17,6 +17,7 @@ import torch
 
 from videoaction.errors import VideoActionError
 from videoaction.models.uva.masking import cosine_mask_len, mask_from_orders, random_orders
+from videoaction.nn.guidance import doubled, per_half, uncond_flags
 
 Cond = dict[str, Any]  # history (B,Th,C,h,w) latents, state, history_actions (normalised), text (B,Dt) | None
 
@@ -34,7 +35,7 @@ class UVASamplingMixin:
             warnings.warn(f"classifier-free guidance drops the {which} condition, but this model was configured "
                           f"without {which} dropout in training (model.{'label' if which == 'text' else 'history'}"
                           f"_drop_prob = 0): its unconditional branch is untrained", stacklevel=3)
-        flags = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(self.device)
+        flags = uncond_flags(b, self.device)
         return (flags, None) if which == "history" else (None, flags)
 
     def _forward(self, cond: Cond, future=None, future_mask=None, actions=None, history_visible=True,
@@ -45,11 +46,9 @@ class UVASamplingMixin:
         b = cond["history"].shape[0]
         hd = td = None
         if guided:
-            def dup(t):
-                return None if t is None else torch.cat([t, t])
             hd, td = self._uncond_flags(b)
-            future, future_mask, actions, hist = dup(future), dup(future_mask), dup(actions), dup(hist)
-            kw = {k: dup(v) for k, v in kw.items()}
+            future, future_mask, actions, hist = doubled(future), doubled(future_mask), doubled(actions), doubled(hist)
+            kw = {k: doubled(v) for k, v in kw.items()}
             b = 2 * b
         return self.model(future, hist, future_mask=future_mask, actions=actions, history_drop=hd, text_drop=td,
                           batch_size=b, **kw)
@@ -122,7 +121,7 @@ class UVASamplingMixin:
             s_iter = 1.0 + (s_cfg - 1.0) * (big_l - mask_len) / big_l if schedule == "linear" else s_cfg
             pf = predict.unsqueeze(1).expand(b, tf, big_l)  # same positions in every frame
             zz = z.reshape(z.shape[0], tf, big_l, -1)
-            zsel = torch.cat([zz[:b][pf], zz[b:][pf]]) if guided else zz[pf]
+            zsel = per_half(zz, lambda half: half[pf]) if guided else zz[pf]
             if zsel.shape[0]:
                 new = net.diffloss.sample(zsel, temperature=temp, cfg=s_iter if guided else 1.0, guidance=guided,
                                           num_steps=num_steps, sampler=sampler, generator=generator)

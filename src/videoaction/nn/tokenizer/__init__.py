@@ -7,12 +7,12 @@
 from .base import DiagonalGaussian, Tokenizer
 from .config import KL16_SCALE, TokenizerConfig, TokenizerError
 from .kl16 import KL16Autoencoder, check_state_dict
-from .loading import (CONFIG_NAME, WEIGHTS_NAME, build_tokenizer, convert_kl16, load_kl16, load_small,
-                      read_weights, resolved_config, save_tokenizer)
+from .loading import (CONFIG_NAME, WEIGHTS_NAME, build_tokenizer, convert_kl16, kl16_arch, load_kl16, load_small,
+                      read_weights, resolved_config, save_tokenizer, tokenizer_from_state)
 from .small import SmallAutoencoder
 
 __all__ = [
     "KL16_SCALE", "CONFIG_NAME", "WEIGHTS_NAME", "DiagonalGaussian", "KL16Autoencoder", "SmallAutoencoder",
     "Tokenizer", "TokenizerConfig", "TokenizerError", "build_tokenizer", "check_state_dict", "convert_kl16",
-    "load_kl16", "load_small", "read_weights", "resolved_config", "save_tokenizer",
+    "kl16_arch", "load_kl16", "load_small", "read_weights", "resolved_config", "save_tokenizer", "tokenizer_from_state",
 ]

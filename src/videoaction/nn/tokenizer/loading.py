@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -57,17 +58,36 @@ def read_weights(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tens
     return dict(obj), {}
 
 
+def kl16_arch(sd: Mapping[str, torch.Tensor]) -> dict:
+    """kl16 architecture ``{ch, ch_mult, embed_dim}`` inferred from its state-dict shapes (narrow test copies too)."""
+    try:
+        ch = int(sd["encoder.conv_in.weight"].shape[0])
+        n_levels = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.down."))
+        mult = [int(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch for i in range(n_levels)]
+        return {"ch": ch, "ch_mult": mult, "embed_dim": int(sd["post_quant_conv.weight"].shape[0])}
+    except (KeyError, ValueError) as exc:
+        raise TokenizerError(f"kl16 weights: cannot infer the architecture (missing {exc})") from None
+
+
 def _kl16_arch(sd: dict[str, torch.Tensor], cfg: dict) -> dict:
-    """Architecture from the saved JSON, else inferred from tensor shapes (so narrow test copies load too)."""
+    """Architecture from the saved JSON, else inferred from tensor shapes."""
     if "arch" in cfg:
         return dict(cfg["arch"])
     try:
-        ch = sd["encoder.conv_in.weight"].shape[0]
-        n_levels = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.down."))
-        mult = [sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(n_levels)]
-        return {"ch": ch, "ch_mult": mult, "embed_dim": sd["post_quant_conv.weight"].shape[0]}
-    except (KeyError, ValueError):
+        return kl16_arch(sd)
+    except TokenizerError:
         return {"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "embed_dim": 16}  # let the key check report the gaps
+
+
+def tokenizer_from_state(cfg: TokenizerConfig, sd: Mapping[str, torch.Tensor], source: str) -> Tokenizer:
+    """The (untrained) tokenizer module a checkpoint's tokenizer tensors ``sd`` fit; load them into it afterwards."""
+    if not sd:
+        raise TokenizerError(f"{source}: no tokenizer weights in this checkpoint")
+    if cfg.kind == "kl16":
+        a = kl16_arch(sd)
+        return KL16Autoencoder(a["ch"], tuple(a["ch_mult"]), a["embed_dim"],
+                               cfg.scale if cfg.scale is not None else KL16_SCALE)
+    return SmallAutoencoder.from_config(cfg)
 
 
 def load_kl16(path, allow_pickle: bool = False, scale: float | None = None) -> KL16Autoencoder:
