@@ -151,6 +151,8 @@ def test_observation_protocol_refuses_privileged_state():
     rec = check_observation_protocol(pusht, {"image": img, "state": ObsSpec((2, 2), "float32")})
     assert rec == {"keys": ["image", "state"], "state_dims": 2, "privileged_state": False}
     assert check_observation_protocol(pusht, {"image": img})["state_dims"] == 0  # image-only variant
+    undeclared = check_observation_protocol(pusht, None)  # a plain callable: given everything, use unknown
+    assert undeclared["state_dims"] == 5 and undeclared["privileged_state"] is None
     full = {"image": img, "state": ObsSpec((2, 5), "float32")}
     with pytest.raises(ObservationProtocolError, match=r"state\[:2\].*agent_pos.*privileged_state"):
         check_observation_protocol(pusht, full)

@@ -228,7 +228,7 @@ def make_env(spec_string: str, seed: int | None = None, **kw):
 def check_observation_protocol(spec: EnvSpec, policy_obs_spec: Mapping[str, Any] | None, privileged: bool = False,
                                runner_keys: Sequence[str] = ("history_action",)) -> dict:
     """Check what a policy asks for against ``spec``'s observation protocol; return the record results keep:
-    ``{"keys": [...], "state_dims": k, "privileged_state": bool}``.
+    ``{"keys": [...], "state_dims": k, "privileged_state": bool}`` (None for an undeclared callable).
 
     ``policy_obs_spec``: key -> ObsSpec (or shape tuple), history dimension first. A state wider than
     ``proprio_dims`` is refused unless ``privileged`` (the run is labelled ``privileged_state``). ``runner_keys``:
@@ -237,9 +237,8 @@ def check_observation_protocol(spec: EnvSpec, policy_obs_spec: Mapping[str, Any]
     """
     proto = spec.observation
     env_keys = [*proto.image_keys, *([proto.state_key] if proto.state_key else [])]
-    if policy_obs_spec is None:
-        full = proto.privileged_state_dims
-        return {"keys": env_keys, "state_dims": full, "privileged_state": full > proto.proprio_dims,
+    if policy_obs_spec is None:  # undeclared: whether it uses the privileged dims is unknown (None), not claimed
+        return {"keys": env_keys, "state_dims": proto.privileged_state_dims, "privileged_state": None,
                 "note": "a callable without observation_spec() is given the full observation"}
     keys, state_dims = [], 0
     for key, v in policy_obs_spec.items():
