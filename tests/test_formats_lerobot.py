@@ -47,8 +47,9 @@ def test_v3_layout_follows_the_published_format(v3):
     assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
     assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
     feats = info["features"]
-    assert feats["observation.images.img"]["dtype"] == "video" and feats["observation.images.img"]["shape"] == [64, 64, 3]
-    assert feats["observation.images.img"]["info"]["video.codec"] == "av1"
+    img = feats["observation.images.img"]
+    assert img["dtype"] == "video" and img["shape"] == [64, 64, 3] and img["names"] == ["height", "width", "channels"]
+    assert img["info"]["video.codec"] == "av1" and img["info"]["video.fps"] == 10
     assert feats["observation.state"] == {"dtype": "float32", "shape": [2], "names": None}
     for name in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
         assert name in feats

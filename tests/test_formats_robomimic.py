@@ -11,39 +11,10 @@ from scipy.spatial.transform import Rotation
 
 from videoaction.data.formats import FormatError, detect_format, open_source
 from videoaction.data.formats.convert import convert
+from videoaction.data.formats.samples import write_robomimic
 from videoaction.data.store import EpisodeStore
 
 LENGTHS = (5, 7, 6)
-
-
-def write_robomimic(path, image_key="agentview_image", libero=False, abs_actions=None, problem_info=True):
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        data = f.create_group("data")
-        data.attrs["env_args"] = json.dumps({"env_name": "ToolHang", "env_type": 1, "env_kwargs": {}})
-        if libero and problem_info:
-            data.attrs["problem_info"] = json.dumps({"problem_name": "libero_10", "domain_name": "kitchen",
-                                                     "language_instruction": "put the bowl on the plate"})
-        if libero:
-            data.attrs["bddl_file_name"] = "x.bddl"
-        total = 0
-        for i, n in enumerate(LENGTHS):
-            g = data.create_group(f"demo_{i}")
-            g.attrs["num_samples"] = n
-            actions = abs_actions[i] if abs_actions is not None else rng.uniform(-1, 1, (n, 7))
-            g.create_dataset("actions", data=actions)
-            g.create_dataset("states", data=rng.normal(size=(n, 10)))
-            obs = g.create_group("obs")
-            img = np.zeros((n, 8, 8, 3), np.uint8)
-            img[:, :4] = 200  # top half bright: a flip is visible
-            img += np.arange(n, dtype=np.uint8)[:, None, None, None]
-            obs.create_dataset(image_key, data=img)
-            obs.create_dataset("robot0_eef_pos", data=rng.normal(size=(n, 3)).astype(np.float32))
-            total += n
-        data.attrs["total"] = total
-        mask = f.create_group("mask")
-        mask.create_dataset("train", data=np.array([b"demo_0", b"demo_2"]))
-    return path
 
 
 def test_robomimic_reads_demos_in_numeric_order_with_filter_keys(tmp_path):

@@ -9,44 +9,13 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from imagecodecs.numcodecs import Jpegxl
 
 from videoaction.data.formats import FormatError, detect_format, open_source
-from videoaction.data.formats.umi import mixture_weights, register_codecs
+from videoaction.data.formats.samples import write_umi
+from videoaction.data.formats.umi import mixture_weights
 from videoaction.data.store import EpisodeStore
 
 torch.set_num_threads(1)
-
-
-def write_umi(path, lengths=(12, 15), size=32, seed=0, drop=None):
-    """A UMI replay buffer exactly as UMI's 07_generate_replay_buffer.py writes it (in memory, then a ZipStore)."""
-    register_codecs()
-    rng = np.random.default_rng(seed)
-    n = sum(lengths)
-    mem = zarr.group(store=zarr.MemoryStore())
-    data, meta = mem.require_group("data"), mem.require_group("meta")
-    meta.array("episode_ends", np.cumsum(lengths).astype(np.int64), compressor=None)
-    t = np.arange(n, dtype=np.float32)
-    arrays = {
-        "robot0_eef_pos": np.stack([np.sin(t / 5), np.cos(t / 5), t / 100], -1).astype(np.float32),
-        "robot0_eef_rot_axis_angle": rng.normal(scale=0.3, size=(n, 3)).astype(np.float32),
-        "robot0_gripper_width": (0.05 + 0.02 * np.sin(t / 3))[:, None].astype(np.float32),
-        "robot0_demo_start_pose": np.zeros((n, 6)),
-        "robot0_demo_end_pose": np.ones((n, 6)),
-    }
-    for k, v in arrays.items():
-        if k != drop:
-            data.array(k, v, chunks=v.shape)
-    img = np.zeros((n, size, size, 3), np.uint8)
-    img[..., 0] = (np.arange(size)[None, :, None] * 7 + t[:, None, None] * 3) % 255
-    img[..., 1] = 90
-    img[..., 2] = (np.arange(size)[None, None, :] * 5) % 255
-    data.require_dataset("camera0_rgb", shape=img.shape, chunks=(1, size, size, 3), dtype=np.uint8,
-                         compressor=Jpegxl(level=99, numthreads=1))
-    data["camera0_rgb"][:] = img
-    with zarr.ZipStore(str(path), mode="w") as zs:
-        zarr.copy_store(mem.store, zs)
-    return path, arrays, img
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +98,27 @@ def test_training_runs_directly_from_a_umi_zip(umi, tmp_path):
         "--model.action-dim", "7"])
     result = train(cfg, TrainOptions(progress=False, log=lambda msg: None))
     assert result.step == 2 and all(np.isfinite(m["loss"]) for m in read_metrics(tmp_path / "run"))
+
+
+def test_forked_loader_workers_read_a_mixture_lazily(umi, tmp_path):
+    """Workers forked after the main process opened the zip must not share its file handle (corrupt reads)."""
+    from torch.utils.data import DataLoader
+
+    from videoaction.config import DatasetConfig, FrameConfig
+    from videoaction.data.dataset import SequenceDataset
+
+    other, _, _ = write_umi(tmp_path / "towel.zarr.zip", lengths=(10, 10, 10), seed=1)
+    mix = tmp_path / "mix.json"
+    mix.write_text(json.dumps({"datasets": [str(umi[0]), str(other)]}))
+    store = EpisodeStore.open(mix)
+    cfg = DatasetConfig(image_key="camera0_rgb", state_key="state", state_dims=None, horizon=4, pad_before=0,
+                        pad_after=0, frames=FrameConfig(n_history=2, n_future=2, offset=0, stride=1),
+                        image_size=32, val_ratio=0.0)
+    ds = SequenceDataset(store, cfg, split="train", augment=False)
+    assert ds.frames is None  # frames stay in the zips, read per sample
+    first = ds[0]["image"]
+    loader = DataLoader(ds, batch_size=8, shuffle=False, num_workers=2, multiprocessing_context="fork")
+    images = torch.cat([b["image"] for b in loader])
+    assert images.shape[0] == len(ds)
+    torch.testing.assert_close(images[0], first)
+    torch.testing.assert_close(images[-1], ds[len(ds) - 1]["image"])

@@ -70,7 +70,8 @@ def _merge_stats(per_episode: list[dict]) -> dict:
         wb = w.reshape(-1, *([1] * (means.ndim - 1)))
         mu = (wb * means).sum(0)
         var = (wb * (stds**2 + (means - mu) ** 2)).sum(0)
-        agg = {"min": np.min([s["min"] for s in items], 0).tolist(), "max": np.max([s["max"] for s in items], 0).tolist(),
+        agg = {"min": np.min([s["min"] for s in items], 0).tolist(),
+               "max": np.max([s["max"] for s in items], 0).tolist(),
                "mean": mu.tolist(), "std": np.sqrt(var).tolist(), "count": [int(n.sum())]}
         for q in QUANTILES:
             if q in items[0]:

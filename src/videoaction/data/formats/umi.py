@@ -16,6 +16,7 @@ sampling weight so that dataset ``d`` is drawn with probability ``weight_d / sum
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ class _UmiFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self._root = None
+        self._root, self._pid = None, os.getpid()
         root = self.root()
         for group in ("data", "meta"):
             if group not in root:
@@ -95,7 +96,11 @@ class _UmiFile:
     def root(self):
         import zarr
 
+        if self._root is not None and self._pid != os.getpid():
+            # a forked loader worker: the inherited zip handle shares its file offset with the parent's
+            self._root, self.arrays = None, None
         if self._root is None:
+            self._pid = os.getpid()
             register_codecs()
             try:
                 store = zarr.ZipStore(str(self.path), mode="r") if self.path.is_file() else \
@@ -107,8 +112,9 @@ class _UmiFile:
         return self._root
 
     def array(self, key: str):
-        if self._root is None:  # reopened after pickling into a loader worker
-            self.arrays = {k: self.root()["data"][k] for k in self.keys}
+        if self._root is None or self._pid != os.getpid():  # pickled or forked into a loader worker: reopen
+            root = self.root()
+            self.arrays = {k: root["data"][k] for k in self.keys}
         return self.arrays[key]
 
     @property

@@ -43,8 +43,7 @@ def encode_video(frames: np.ndarray, path: str | Path, fps: int, vcodec: str = D
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-        codec_name = stream.codec_context.codec.canonical_name if hasattr(stream.codec_context.codec, "canonical_name") \
-            else stream.codec_context.name
+        codec_name = stream.codec_context.name
     return {
         "video.height": int(frames.shape[1]),
         "video.width": int(frames.shape[2]),
