@@ -230,9 +230,9 @@ def fit_lfq(model: LFQTokenizer, frames: torch.Tensor, steps: int = 300, batch_s
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        curve.append(float(mse))
+        curve.append(float(mse.detach()))
         if log is not None and (step % 50 == 0 or step == steps - 1):
-            log(f"lfq step {step}: mse {float(mse):.4f} commit {float(terms['commit']):.4f}")
+            log(f"lfq step {step}: mse {float(mse.detach()):.4f}")
     model.eval()
     return curve
 
