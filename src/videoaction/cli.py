@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("videoaction.train.tokenizer_cli", "train the small image autoencoder of the CPU presets on a store"),
     "encode": ("videoaction.train.encode", "pre-encode every frame of a store into a latent store (latent cache)"),
     "merge-shards": ("videoaction.data.hma_tokens", "join the shards of `encode --format hma` (missing ones skipped)"),
+    "generate": ("videoaction.generate", "world model: prompt frames + actions -> predicted frames, mp4 [prompt | "
+                 "prediction | ground truth]"),
     "train": ("videoaction.train.cli", "train a model from a preset (two stages, accelerate, EMA, exact resume)"),
     "eval": ("videoaction.eval.cli", "evaluate a checkpoint in a simulator (pusht, pusht-m, metaworld:TASKS)"),
     "serve": ("videoaction.serve.cli", "serve a policy over websocket + msgpack (openpi protocol)"),
