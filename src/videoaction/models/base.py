@@ -79,7 +79,8 @@ class Policy(nn.Module):
 
     @property
     def n_obs_steps(self) -> int:
-        return self.history_layout.n_obs_steps
+        """Observations per call: the longest history in :meth:`observation_spec`."""
+        return max((spec.shape[0] for spec in self.observation_spec().values()), default=1)
 
     @property
     def action_chunk_start(self) -> int:
@@ -162,8 +163,17 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     def observation_spec(self) -> dict[str, ObsSpec]:
-        """What one (unbatched) observation must hold for ``predict_action``."""
-        raise NotImplementedError
+        """What one (unbatched) observation must hold for ``predict_action``; by default from
+        :attr:`history_layout`: ``image`` (T, S, S, 3) uint8 at ``model.obs_image_size`` (any size is resized),
+        ``state`` (T, Ds) and ``history_action`` (T, A) float32 when the layout uses them."""
+        lay = self.history_layout
+        t, size = lay.n_obs_steps, int(self.cfg.model.obs_image_size)
+        spec = {IMAGE: ObsSpec((t, size, size, 3), "uint8")}
+        if lay.state_dim:
+            spec[STATE] = ObsSpec((t, lay.state_dim), "float32")
+        if lay.action_dim:
+            spec[HISTORY_ACTION] = ObsSpec((t, lay.action_dim), "float32")
+        return spec
 
     @property
     def action_dim(self) -> int:

@@ -17,7 +17,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from videoaction.errors import ConfigError, VideoActionError
-from videoaction.models.base import LossOutput, ObsSpec, Policy
+from videoaction.models.base import LossOutput, Policy
 from videoaction.models.observation import HistoryLayout
 from videoaction.models.dp.config import DPConfig, DPRunConfig
 from videoaction.models.dp.unet1d import ConditionalUnet1D
@@ -69,13 +69,6 @@ class DiffusionPolicy(Policy):
     @property
     def action_chunk_start(self) -> int:
         return 0  # the chunk covers the whole window; execution starts at To - 1 (the newest observation)
-
-    def observation_spec(self) -> dict[str, ObsSpec]:
-        m = self.mcfg
-        spec = {"image": ObsSpec((m.n_obs_steps, m.obs_image_size, m.obs_image_size, 3), "uint8")}
-        if m.state_dim:
-            spec["state"] = ObsSpec((m.n_obs_steps, m.state_dim), "float32")
-        return spec
 
     def metadata(self) -> dict:
         meta = super().metadata()

@@ -26,7 +26,7 @@ from einops import rearrange, repeat
 
 from videoaction.errors import VideoActionError
 from videoaction.data.sampler import frame_positions
-from videoaction.models.base import LossOutput, ObsSpec, Policy
+from videoaction.models.base import LossOutput, Policy
 from videoaction.models.observation import HistoryLayout, select_observation
 from videoaction.models.uva.config import UVARunConfig
 from videoaction.models.uva.masking import (MODE_SPECS, choose_mode, gen_device, random_spatial_mask,
@@ -129,15 +129,6 @@ class UVAPolicy(UVASamplingMixin, Policy):
         super().train(mode)
         self.tokenizer.eval()  # frozen, deterministic
         return self
-
-    def observation_spec(self) -> dict[str, ObsSpec]:
-        m, t = self.cfg.model, self.n_obs_steps
-        spec = {"image": ObsSpec((t, m.obs_image_size, m.obs_image_size, 3), "uint8")}
-        if m.use_state:
-            spec["state"] = ObsSpec((t, m.state_dim), "float32")
-        if m.use_history_action:
-            spec["history_action"] = ObsSpec((t, m.action_dim), "float32")
-        return spec
 
     def metadata(self) -> dict:
         meta = super().metadata()
