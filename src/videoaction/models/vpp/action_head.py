@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from videoaction.errors import ConfigError
 from videoaction.models.vpp.config import ActionHeadConfig
 from videoaction.nn.transformer import Block
 
@@ -188,9 +189,9 @@ class ActionHead(nn.Module):
         sigma_min = c.sample_sigma_min if sigma_min is None else sigma_min
         sigma_max = c.sample_sigma_max if sigma_max is None else sigma_max
         if sampler not in ("ddim", "dpmpp_2m"):
-            raise ValueError(f"VPP action sampler must be ddim or dpmpp_2m, found {sampler!r}")
+            raise ConfigError(f"VPP action sampler must be ddim or dpmpp_2m, found {sampler!r}")
         if not 0 < sigma_min <= sigma_max:
-            raise ValueError(f"VPP action sampler: need 0 < sigma_min <= sigma_max, found {sigma_min}, {sigma_max}")
+            raise ConfigError(f"VPP action sampler: need 0 < sigma_min <= sigma_max, found {sigma_min}, {sigma_max}")
         b = context.shape[0]
         sig = self.sigmas(steps, sigma_min, sigma_max, context.device)
         x = randn_tensor((b, self.n_actions, self.action_dim), generator=generator, device=context.device,
