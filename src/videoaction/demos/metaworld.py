@@ -1,4 +1,5 @@
-"""Record one Metaworld demonstration with the task's scripted policy shipped by metaworld (``ENV_POLICY_MAP``).
+"""Record one Metaworld demonstration with the task's scripted policy that metaworld ships
+(``metaworld.policies.ENV_POLICY_MAP``).
 
 Named by the ``metaworld`` EnvSpec (``demo="videoaction.demos.metaworld:record_episode"``); ``task`` is a short
 task name (``reach``), as stored in the episode metadata. Per step: the observation the action was chosen from (``img``, ``state`` 39-d) and the ``action``.
