@@ -28,7 +28,7 @@ def test_pusht_short_episodes(tmp_path):
                      "action": ((2,), np.float32), "n_contacts": ((1,), np.float32), "coverage": ((1,), np.float32)}
     ep = s.get_episode(1)
     # state at step 0 is the reset state of seed 1; the keypoints agree with the state's block pose
-    from videoaction.demos.pusht_expert import LOCAL_KEYPOINTS9, to_world
+    from videoaction.envs.pusht import LOCAL_KEYPOINTS9, to_world
 
     np.testing.assert_allclose(ep["keypoint"][0], to_world(LOCAL_KEYPOINTS9, ep["state"][0, 2:]), atol=1e-2)
     meta = s.episode_meta(1)
