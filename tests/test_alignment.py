@@ -18,7 +18,6 @@ from torch.utils.data import default_collate
 
 from videoaction.config import get_preset
 from videoaction.data.dataset import SequenceDataset
-from videoaction.data.normalizer import Normalizer
 from videoaction.data.store import EpisodeStore
 from videoaction.errors import ConfigError, VideoActionError
 from videoaction.eval.history import ObservationHistory
@@ -36,8 +35,8 @@ def _episode(length: int, seed: int) -> dict:
     t = np.arange(length)
     img = rng.integers(0, 256, (length, 20, 20, 3), dtype=np.uint8)
     img[:, 0, 0, 0] = t % 256  # distinct per step even if the random draws collided
-    return {"img": img, "state": np.stack([t, -t], 1).astype(np.float32) + rng.normal(size=(length, 2)).astype(np.float32),
-            "action": rng.uniform(-3, 5, (length, A)).astype(np.float32)}
+    state = np.stack([t, -t], 1) + rng.normal(size=(length, 2))
+    return {"img": img, "state": state.astype(np.float32), "action": rng.uniform(-3, 5, (length, A)).astype(np.float32)}
 
 
 @pytest.fixture(scope="module")

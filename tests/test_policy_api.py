@@ -37,7 +37,8 @@ def test_compute_loss_mode_is_an_argument_not_config_state(uva):
     for mode in ("video_model", "policy_model"):
         terms = uva.compute_loss(batch, torch.Generator().manual_seed(0), mode=mode).terms
         assert terms["mode"] == list(MODE_SPECS).index(mode)
-        assert (terms["action_loss"] == 0) == (mode == "video_model") and (terms["video_loss"] == 0) == (mode != "video_model")
+        video_only = mode == "video_model"
+        assert (terms["action_loss"] == 0) == video_only and (terms["video_loss"] == 0) == (not video_only)
     assert tuple(uva.cfg.model.task_modes) == modes  # nothing mutated
     with pytest.raises(VideoActionError, match="unknown task mode 'walk'"):
         uva.compute_loss(batch, mode="walk")

@@ -203,12 +203,6 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def save_config(cfg: Any, path) -> None:
-    from videoaction.utils.io import atomic_write_json
-
-    atomic_write_json(path, to_dict(cfg))
-
-
 # ----------------------------------------------------------------------------------------------- presets
 def all_presets() -> dict[str, Callable[[], RunConfig]]:
     presets: dict[str, Callable[[], RunConfig]] = {}

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -78,11 +79,11 @@ class DiffusionPolicy(Policy):
     # ------------------------------------------------------------------------------------------ conditioning
     def _global_cond(self, image: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
         """image (B, To, 3, S, S) in [-1, 1], state (B, To, Ds) normalised -> (B, To * (feat + Ds))."""
-        b, to = image.shape[:2]
-        feat = self.obs_encoder(image.reshape(b * to, *image.shape[2:])).reshape(b, to, -1)  # (B, To, feat)
+        feat = self.obs_encoder(rearrange(image, "b t c h w -> (b t) c h w"))
+        feat = rearrange(feat, "(b t) f -> b t f", b=image.shape[0])  # (B, To, feat)
         if state is not None:
             feat = torch.cat([feat, state.to(feat.dtype)], dim=-1)  # DP order per step: [image, agent_pos]
-        return feat.reshape(b, -1)
+        return rearrange(feat, "b t f -> b (t f)")
 
     # ------------------------------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,

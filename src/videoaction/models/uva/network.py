@@ -15,7 +15,7 @@ No MAE token dropping and no causal mask: every token attends to every other.
 from __future__ import annotations
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -145,15 +145,15 @@ class UVANetwork(nn.Module):
         if future is None:
             x = self._fake(b, n)
         else:
-            x = self.z_proj(self._tokens(future)).reshape(b, n, d)
-            if future_mask is not None:
-                m = future_mask.unsqueeze(1).expand(b, self.n_future, -1).reshape(b, n, 1)
+            x = rearrange(self.z_proj(self._tokens(future)), "b t l d -> b (t l) d")
+            if future_mask is not None:  # the same spatial mask in every future frame
+                m = repeat(future_mask, "b l -> b (t l) 1", t=self.n_future)
                 x = torch.where(m, self.fake_latent_x.to(x.dtype), x)
         # 2. aligned history stream (history frame _frame_index[t] for future frame t)
         if history is None:
             cond = self._fake(b, n)
         else:
-            cond = self.z_proj_cond(self._tokens(history)[:, self._frame_index]).reshape(b, n, d)
+            cond = rearrange(self.z_proj_cond(self._tokens(history)[:, self._frame_index]), "b t l d -> b (t l) d")
             if history_drop is not None:
                 cond = torch.where(history_drop.view(b, 1, 1), self.fake_latent_x.to(cond.dtype), cond)
         # 3. action stream

@@ -146,21 +146,18 @@ class UVAPolicy(UVASamplingMixin, Policy):
     def encode_frames(self, frames: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
                       chunk: int = 64) -> torch.Tensor:
         """Images (B, F, 3, S, S) in [-1, 1] -> scaled latents (B, F, C, h, w) with the frozen tokenizer."""
-        b, f = frames.shape[:2]
-        x = frames.reshape(b * f, *frames.shape[2:]).to(self.device)
-        outs = [self.tokenizer.encode(x[i: i + chunk], sample=sample, generator=generator)
-                for i in range(0, x.shape[0], chunk)]
-        z = torch.cat(outs)
-        return z.reshape(b, f, *z.shape[1:])
+        x = rearrange(frames, "b f c h w -> (b f) c h w").to(self.device)
+        z = torch.cat([self.tokenizer.encode(x[i: i + chunk], sample=sample, generator=generator)
+                       for i in range(0, x.shape[0], chunk)])
+        return rearrange(z, "(b f) c h w -> b f c h w", b=frames.shape[0])
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, chunk: int = 32) -> torch.Tensor:
         """Latents (B, F, C, h, w) -> uint8 frames (B, F, S, S, 3)."""
-        b, f = latents.shape[:2]
-        z = latents.reshape(b * f, *latents.shape[2:])
+        z = rearrange(latents, "b f c h w -> (b f) c h w")
         x = torch.cat([self.tokenizer.decode(z[i: i + chunk]) for i in range(0, z.shape[0], chunk)])
-        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-        return x.reshape(b, f, *x.shape[1:])
+        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return rearrange(x, "(b f) c h w -> b f h w c", b=latents.shape[0])
 
     def enable_latent_cache(self, max_frames: int = 256) -> None:
         """Remember the latents of observed frames (keyed by their bytes): consecutive policy calls share history

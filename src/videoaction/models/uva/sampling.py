@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 import torch
+from einops import rearrange
 
 from videoaction.errors import VideoActionError
 from videoaction.models.uva.masking import cosine_mask_len, mask_from_orders, random_orders
@@ -111,7 +112,7 @@ class UVASamplingMixin:
         guided = s_cfg != 1.0 or force_guidance
         out: dict[str, torch.Tensor] = {}
         for step in range(num_iter):
-            fut = tokens.transpose(2, 3).reshape(b, tf, c, h, w)
+            fut = rearrange(tokens, "b t (h w) c -> b t c h w", h=h, w=w)
             z = self._forward(cond, fut, mask, actions, True, guided=guided)  # (B or 2B, N, D)
             n_masked = int(mask[0].sum())
             mask_len = cosine_mask_len(step, num_iter, big_l, n_masked)
@@ -135,5 +136,5 @@ class UVASamplingMixin:
                     out["action_norm"] = net.diffactloss.sample_actions(z[:b], temperature=temp, generator=generator,
                                                                         clip_range=self.action_clip_range())
             mask = new_mask
-        out["latent"] = tokens.transpose(2, 3).reshape(b, tf, c, h, w)
+        out["latent"] = rearrange(tokens, "b t (h w) c -> b t c h w", h=h, w=w)
         return out
