@@ -180,3 +180,14 @@ def test_configs_validate_and_presets_build():
     bad = dataclasses.replace(tiny_cfg("discrete").model, vocab_size=15)
     with pytest.raises(Exception, match="vocab_size"):
         bad.validate()
+
+
+def test_held_out_split_keeps_the_first_episodes_out_of_training(tmp_path):
+    data = make_world(tmp_path, "discrete")
+    cfg = tiny_cfg("discrete")
+    train_windows = MultiEmbodimentSampler(data, cfg, split="train", val_ratio=0.34)
+    val_windows = MultiEmbodimentSampler(data, cfg, split="val", val_ratio=0.34)
+    for name, ds in data.items():
+        seg = np.asarray(ds.segment_ids)
+        assert set(seg[val_windows.starts[name]].tolist()) == {0, 1}  # first 2 of 6 episodes
+        assert seg[train_windows.starts[name]].min() == 2

@@ -29,7 +29,12 @@ from .policy import HMAPolicy
 class MultiEmbodimentSampler:
     """Windows of every embodiment's dataset and the temperature-mixed choice between them."""
 
-    def __init__(self, datasets: dict[str, TokenDataset], cfg: HMARunConfig, seed: int = 0, overlap: bool = True):
+    def __init__(self, datasets: dict[str, TokenDataset], cfg: HMARunConfig, seed: int = 0, overlap: bool = True,
+                 split: str = "all", val_ratio: float = 0.0):
+        """``split``: "all" windows, or "train" / "val" where val = windows of the first ``val_ratio`` of the
+        episodes (at least one; the reference's split takes the first 5 %)."""
+        if split not in ("all", "train", "val"):
+            raise VideoActionError(f"split must be all, train or val, found {split!r}")
         m = cfg.model
         self.datasets, self.window, self.scale = datasets, m.window, m.latent_scale
         self.strides = {name: m.domain(name).stride for name in datasets}
@@ -39,7 +44,13 @@ class MultiEmbodimentSampler:
             if ds.action_dim != dom.action_dim:
                 raise VideoActionError(f"{ds.root}: actions have {ds.action_dim} dims, embodiment {name!r} expects "
                                        f"{dom.action_dim}")
-            self.starts[name] = ds.window_starts(m.window, dom.stride, overlap=overlap)
+            starts = ds.window_starts(m.window, dom.stride, overlap=overlap)
+            if split != "all":
+                seg = np.asarray(ds.segment_ids)
+                n_val = max(1, int(round((int(seg.max()) + 1) * val_ratio)))
+                is_val = seg[starts] < n_val
+                starts = starts[is_val] if split == "val" else starts[~is_val]
+            self.starts[name] = starts
             if len(self.starts[name]) == 0:
                 raise VideoActionError(f"{ds.root}: no window of {m.window} frames at stride {dom.stride} fits in "
                                        f"one episode")
@@ -67,14 +78,16 @@ def fit_statistics(policy: HMAPolicy, datasets: dict[str, TokenDataset]) -> None
 
 
 def train(cfg: HMARunConfig, datasets: dict[str, TokenDataset], out=None, log=print, time_limit_s: float = 0.0,
-          policy: HMAPolicy | None = None) -> tuple[HMAPolicy, list[dict]]:
+          policy: HMAPolicy | None = None, val_ratio: float = 0.0) -> tuple[HMAPolicy, list[dict]]:
     """Train for ``cfg.steps`` (or until ``time_limit_s``); returns the model and the logged curve.
 
-    With ``out`` the model is saved there (``save_pretrained``) with ``metrics.jsonl`` (every ``log_every``)."""
+    With ``out`` the model is saved there (``save_pretrained``) with ``metrics.jsonl`` (every ``log_every``).
+    ``val_ratio`` > 0 keeps the windows of the first episodes of every dataset out of training."""
     torch.manual_seed(cfg.seed)
     policy = policy or HMAPolicy(cfg)
     fit_statistics(policy, datasets)
-    sampler = MultiEmbodimentSampler(datasets, cfg, seed=cfg.seed)
+    sampler = MultiEmbodimentSampler(datasets, cfg, seed=cfg.seed, split="train" if val_ratio > 0 else "all",
+                                     val_ratio=val_ratio)
     o = cfg.optim
     decay = [p for n, p in policy.named_parameters() if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in policy.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
@@ -125,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domain", action="append", required=True, metavar="NAME=DIR",
                    help="an embodiment of the preset and its token dataset (repeat)")
     p.add_argument("--time-limit-min", type=float, default=0.0)
+    p.add_argument("--val-ratio", type=float, default=0.0, help="hold out the first episodes of every dataset")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     cfg = parse_overrides(get_preset(args.preset), rest, prog="hma training")
     datasets = {}
@@ -135,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.out:
         raise VideoActionError("--out DIR is required")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    train(cfg, datasets, out=cfg.out, time_limit_s=args.time_limit_min * 60)
+    train(cfg, datasets, out=cfg.out, time_limit_s=args.time_limit_min * 60, val_ratio=args.val_ratio)
     return 0
 
 
