@@ -65,13 +65,18 @@ def conversion_speeds(root: Path, episodes: int, length: int, size: int) -> list
     return rows
 
 
-class _RssSampler:
-    """Peak summed RSS of this process and its children (loader workers), sampled every 20 ms."""
+class _MemorySampler:
+    """Peak memory of this process and its children (loader workers), sampled every 50 ms.
+
+    RSS counts pages a forked worker shares with its parent (torch's libraries, ...) once per process, so the
+    summed RSS overstates the machine's memory use; PSS splits each shared page among its sharers and sums right.
+    """
 
     def __init__(self):
         import psutil
 
-        self.proc, self.peak, self.peak_main, self._stop = psutil.Process(), 0, 0, threading.Event()
+        self.proc, self._stop = psutil.Process(), threading.Event()
+        self.peak = {"rss_total": 0, "pss_total": 0, "rss_main": 0, "pss_workers_max": 0}
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self):
@@ -79,12 +84,14 @@ class _RssSampler:
 
         while not self._stop.is_set():
             try:
-                main = self.proc.memory_info().rss
-                total = main + sum(c.memory_info().rss for c in self.proc.children(recursive=True))
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                full = [p.memory_full_info() for p in procs]
             except psutil.Error:
                 continue
-            self.peak, self.peak_main = max(self.peak, total), max(self.peak_main, main)
-            time.sleep(0.02)
+            now = {"rss_total": sum(f.rss for f in full), "pss_total": sum(f.pss for f in full),
+                   "rss_main": full[0].rss, "pss_workers_max": max([f.pss for f in full[1:]] or [0])}
+            self.peak = {k: max(v, now[k]) for k, v in self.peak.items()}
+            time.sleep(0.05)
 
     def __enter__(self):
         self.thread.start()
@@ -121,13 +128,14 @@ def umi_mixture_memory(root: Path, episodes: int, length: int, size: int, batche
     loader = DataLoader(ds, batch_size=16, sampler=sampler, num_workers=2, persistent_workers=False)
     decoded = store.n_steps * size * size * 3
     t0 = time.perf_counter()
-    with _RssSampler() as rss:
+    with _MemorySampler() as mem:
         n = sum(1 for _ in loader)
     return {"datasets": 2, "weights": [3, 1], "workers": 2, "batches": n, "batch_size": 16,
             "frames_total": int(store.n_steps), "image": f"{size}px JPEG-XL",
-            "decoded_frames_mb": round(decoded / 2**20, 1), "zip_mb": round(sum(p.stat().st_size for p in paths) / 2**20, 1),
-            "frames_in_ram": ds.frames is not None, "peak_rss_total_mb": round(rss.peak / 2**20, 1),
-            "peak_rss_main_mb": round(rss.peak_main / 2**20, 1), "seconds": round(time.perf_counter() - t0, 1)}
+            "decoded_frames_mb": round(decoded / 2**20, 1),
+            "zip_mb": round(sum(p.stat().st_size for p in paths) / 2**20, 1), "frames_in_ram": ds.frames is not None,
+            **{f"peak_{k}_mb": round(v / 2**20, 1) for k, v in mem.peak.items()},
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def run(quick: bool = False) -> dict:
@@ -145,16 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    os.environ.setdefault("SVT_LOG", "2")
+    os.environ.setdefault("SVT_LOG", "1")
     result = run(quick=args.quick)
     print(f"{'format':<14}{'direction':<30}{'frames':>8}{'frames/s':>10}  image")
     for r in result["conversion"]:
         print(f"{r['format']:<14}{r['direction']:<30}{r['frames']:>8}{r['frames_per_s']:>10.0f}  {r['image']}")
     m = result["umi_mixture_loader"]
     print(f"UMI mixture loader ({m['datasets']} datasets, {m['workers']} workers, {m['frames_total']} frames "
-          f"{m['image']}, decoded {m['decoded_frames_mb']} MB, zips {m['zip_mb']} MB): peak RSS "
-          f"{m['peak_rss_total_mb']} MB total, {m['peak_rss_main_mb']} MB main process, frames in RAM: "
-          f"{m['frames_in_ram']}")
+          f"{m['image']}, decoded {m['decoded_frames_mb']} MB, zips {m['zip_mb']} MB): peak PSS "
+          f"{m['peak_pss_total_mb']} MB for all processes (largest worker {m['peak_pss_workers_max_mb']} MB; "
+          f"summed RSS {m['peak_rss_total_mb']} MB), frames in RAM: {m['frames_in_ram']}")
     if args.out:
         from videoaction.utils.io import atomic_write_json
 

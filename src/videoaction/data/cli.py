@@ -71,7 +71,7 @@ def add_convert_parser(sub) -> None:
     p.add_argument("dst", help="output: a zarr store folder (--to store) or a LeRobot dataset folder (--to lerobot)")
     p.add_argument("--from", dest="src_format", choices=[*FORMATS, "store"], default=None,
                    help="source format (default: detected from the path)")
-    p.add_argument("--to", choices=["store", "lerobot"], default="store")
+    p.add_argument("--to", choices=["store", *[n for n, spec in FORMATS.items() if spec.writer]], default="store")
     p.add_argument("--episodes", metavar="FILE", help="convert only these episode indices (JSON list or one per "
                    "line, like UVA's used_episode_indices_file)")
     p.add_argument("--fps", type=float, help="frame rate when the source does not record one (default 10)")

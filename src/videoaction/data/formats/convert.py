@@ -94,15 +94,20 @@ class LeRobotTarget:
         return self.writer.finalize(n)
 
 
-TARGETS = {"store": StoreTarget, "lerobot": LeRobotTarget}
+def targets() -> dict:
+    """Conversion targets: the native store plus every registered format that has a writer."""
+    from videoaction.data.formats import FORMATS
+
+    return {"store": StoreTarget, **{name: spec.writer for name, spec in FORMATS.items() if spec.writer}}
 
 
 def convert(src, dst, src_format: str | None = None, to: str = "store", episodes: Iterable[int] | None = None,
             fps: float | None = None, progress: bool = True, target_options: dict | None = None,
             **reader_options) -> dict:
     """Convert ``src`` into ``dst``; returns a summary with frames per second of conversion."""
-    if to not in TARGETS:
-        raise FormatError(dst, "unknown conversion target", expected=sorted(TARGETS), found=to)
+    writers = targets()
+    if to not in writers:
+        raise FormatError(dst, "unknown conversion target", expected=sorted(writers), found=to)
     store = open_any(src, src_format, episodes, **reader_options)
     attrs = {"converted_from": str(Path(src).resolve()), "source_format": store.attrs.get("format", "store")}
     src_fps = fps or store.attrs.get("fps") or 10
@@ -113,7 +118,7 @@ def convert(src, dst, src_format: str | None = None, to: str = "store", episodes
     opts = dict(target_options or {})
     if to == "lerobot":
         opts["fps"] = src_fps
-    target = TARGETS[to](dst, store, attrs, **opts)
+    target = writers[to](dst, store, attrs, **opts)
     start = target.done()
     n = store.n_episodes
     frames, t0 = 0, time.perf_counter()

@@ -10,6 +10,7 @@ Diffusion Policy's 10-d form (position, 6-d rotation, gripper), as its ``abs_act
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -61,7 +62,7 @@ class RobomimicSource(EpisodeSource):
 
         self.path = Path(path)
         self.action_rot6d = action_rot6d
-        self._file = None
+        self._file, self._pid = None, os.getpid()
         try:
             f = self._h5()
         except OSError as exc:
@@ -116,8 +117,10 @@ class RobomimicSource(EpisodeSource):
     def _h5(self):
         import h5py
 
+        if self._file is not None and self._pid != os.getpid():  # forked loader worker: its own handle
+            self._file = None
         if self._file is None:
-            self._file = h5py.File(self.path, "r")
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
         return self._file
 
     def __getstate__(self):  # h5py handles do not cross process boundaries; each worker reopens

@@ -22,7 +22,7 @@ def encode_video(frames: np.ndarray, path: str | Path, fps: int, vcodec: str = D
     ``info`` block (``video.height`` ...) as LeRobot writes it."""
     import av
 
-    os.environ.setdefault("SVT_LOG", "2")  # SVT-AV1 prints its whole config per file at the default level
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its config and warnings per file otherwise
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise FormatError(path, "video frames must be (T, H, W, 3) uint8", found=f"{frames.shape} {frames.dtype}")
