@@ -40,6 +40,19 @@ class EMA:
         self.power, self.max_decay, self.inv_gamma, self.min_decay = power, max_decay, inv_gamma, min_decay
         self.n_updates = 0
         self.last_decay = 0.0
+        self._pairs: tuple | None = None  # (source model id, [(ema, param)] trained, [(ema, buffer)])
+
+    def _pairs_of(self, model: nn.Module) -> tuple[list, list, list, list]:
+        """(averaged, trained, ema buffers, model buffers) tensor lists, built once per source model: the update
+        itself is then two multi-tensor calls with no per-parameter Python."""
+        if self._pairs is None or self._pairs[0] != id(model):
+            ema_params = dict(self.module.named_parameters())
+            ema_buffers = dict(self.module.named_buffers())
+            pairs = [(ema_params[n], p) for n, p in model.named_parameters() if p.requires_grad]
+            bufs = [(ema_buffers[n], b) for n, b in model.named_buffers() if n in ema_buffers]
+            self._pairs = (id(model), [a for a, _ in pairs], [p for _, p in pairs], [a for a, _ in bufs],
+                           [b for _, b in bufs])
+        return self._pairs[1:]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> float:
@@ -47,19 +60,13 @@ class EMA:
         self.n_updates += 1
         decay = ema_decay(self.n_updates, self.power, self.max_decay, self.inv_gamma, self.min_decay)
         self.last_decay = decay
-        ema_params = dict(self.module.named_parameters())
-        trained, averaged = [], []
-        for name, param in model.named_parameters():
-            if param.requires_grad:  # frozen parameters never change: copied once at construction
-                dst = ema_params[name]
-                trained.append(param.detach().to(dst.dtype))
-                averaged.append(dst)
+        averaged, trained, ema_bufs, bufs = self._pairs_of(model)  # frozen parameters: copied at construction
         if averaged:
-            torch._foreach_lerp_(averaged, trained, 1.0 - decay)  # ema += (1 - decay) * (param - ema)
-        ema_buffers = dict(self.module.named_buffers())
-        for name, buf in model.named_buffers():
-            if name in ema_buffers:
-                ema_buffers[name].copy_(buf)
+            if any(a.dtype != t.dtype or a.device != t.device for a, t in zip(averaged, trained)):
+                trained = [t.detach().to(a.device, a.dtype) for a, t in zip(averaged, trained)]
+            torch._foreach_lerp_(averaged, [t.detach() for t in trained], 1.0 - decay)  # ema += (1-d) (p - ema)
+        for dst, src in zip(ema_bufs, bufs):  # normaliser statistics and index buffers: plain copies
+            dst.copy_(src)
         return decay
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -71,4 +78,5 @@ class EMA:
 
     def to(self, device) -> "EMA":
         self.module.to(device)
+        self._pairs = None  # parameters may be new tensors
         return self

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.data.store import EpisodeStore
 from videoaction.train.setup import LATENT_ATTR, copy_low_dim_keys, weights_fingerprint
 
@@ -35,13 +35,16 @@ class EncodeError(VideoActionError):
     """Bad arguments or inputs of `videoaction encode`."""
 
 
-def resolve_tokenizer(spec: str) -> tuple[object, dict]:
+def resolve_tokenizer(spec) -> tuple[object, dict]:
     """``--tokenizer``: a tokenizer dir, a weights file (kl16), or a run/checkpoint dir -> (TokenizerConfig, defaults).
 
     ``defaults`` holds the transform the tokenizer / run used (image_size, crop_ratio, image_key) when known.
+    A :class:`TokenizerConfig` (a run's own, e.g. the trainer's latent cache) is used as it is.
     """
     from videoaction.nn.tokenizer import TokenizerConfig
 
+    if isinstance(spec, TokenizerConfig):
+        return spec, {}
     path = Path(spec)
     if (path / "tokenizer.json").is_file():
         info = json.loads((path / "tokenizer.json").read_text())
@@ -119,11 +122,15 @@ def merge_shards(shards: list[Path], out: Path, attrs: dict) -> EpisodeStore:
     return EpisodeStore.open(out)
 
 
-def encode_store(data, out, tokenizer_spec: str, shards: int = 1, batch_size: int = 64, dtype: str = "float16",
+def encode_store(data, out, tokenizer_spec, shards: int = 1, batch_size: int = 64, dtype: str = "float16",
                  image_size: int | None = None, crop_ratio: float | None = None, image_key: str | None = None,
                  device: str = "auto", shard_index: int | None = None, merge_only: bool = False,
-                 overwrite: bool = False, progress: bool = True, log=print) -> Path | None:
-    """Encode ``data`` into the latent store ``out``; returns ``out`` once merged (None for a lone shard job)."""
+                 overwrite: bool = False, progress: bool = True, log=print,
+                 restart_stale: bool = False) -> Path | None:
+    """Encode ``data`` into the latent store ``out``; returns ``out`` once merged (None for a lone shard job).
+
+    ``tokenizer_spec``: as ``--tokenizer``, or a ``TokenizerConfig``. ``restart_stale``: partial shards of another
+    job (other tokenizer / transform / shards) are deleted instead of being an error."""
     from videoaction.config import DatasetConfig
     from videoaction.nn.tokenizer import build_tokenizer, resolved_config
 
@@ -156,7 +163,11 @@ def encode_store(data, out, tokenizer_spec: str, shards: int = 1, batch_size: in
     if shard_dir.is_dir():
         recorded = shard_dir / "job.json"
         job = json.loads(json.dumps({"ranges": ranges, "info": info}))
-        if recorded.is_file() and json.loads(recorded.read_text()) != job:
+        stale = recorded.is_file() and json.loads(recorded.read_text()) != job
+        if stale and restart_stale and int(os.environ.get("RANK", 0)) == 0:
+            log(f"{shard_dir}: partial shards of another encode job; starting over")
+            shutil.rmtree(shard_dir)
+        elif stale and not restart_stale:
             raise EncodeError(f"{shard_dir}: partial shards of a different encode job (other shards/tokenizer/"
                               f"transform); delete it or repeat the original command")
     shard_dir.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,75 @@ def prepare_tokenizer(cfg, run_dir: Path, store: EpisodeStore, steps: int, batch
     return report
 
 
+LATENT_CACHE_DIR = "latents.zarr"  # the run's own latent cache (``TrainOptions.latent_cache="auto"``)
+
+
+def latent_cache_blocker(cfg, store: EpisodeStore) -> str | None:
+    """Why training on ``store`` cannot use a latent cache of its frames (None = it can).
+
+    A cache holds one latent per frame: valid when the tokenizer is frozen and deterministic (posterior mean) and
+    the training transform of the frames is too (no random crop / shift / colour jitter)."""
+    tok, ds = _tokenizer_cfg(cfg), cfg.dataset
+    if tok is None:
+        return f"the {cfg.family} model has no tokenizer"
+    if uses_latents(store, cfg):
+        return "the store already holds latents"
+    if ds.image_key not in store.keys:
+        return f"the store has no image key '{ds.image_key}'"
+    if tok.path is None:
+        return "the tokenizer has no weights (model.tokenizer.path)"
+    if not getattr(tok, "frozen", True):
+        return "the tokenizer is trained with the model (model.tokenizer.frozen False)"
+    if getattr(cfg.model, "sample_latents", False):
+        return "model.sample_latents draws a new posterior sample every step"
+    random = [f"{k}={getattr(ds, k)}" for k, off in (("crop_ratio", 1.0), ("random_shift", 0), ("color_jitter", 0.0))
+              if getattr(ds, k, off) != off]
+    if random:
+        return f"the training transform is random ({', '.join(random)})"
+    return None
+
+
+def _cache_matches(path: Path, cfg, tok) -> bool:
+    try:
+        info = latent_cache_info(EpisodeStore.open(path)) or {}
+    except VideoActionError:
+        return False
+    ds = cfg.dataset
+    want = {"source": str(Path(cfg.data).resolve()), "fingerprint": weights_fingerprint(tok.path),
+            "image_size": ds.image_size, "crop_ratio": ds.crop_ratio, "image_key": ds.image_key}
+    return all(info.get(k) == v for k, v in want.items())
+
+
+def auto_latent_cache(cfg, store: EpisodeStore, run_dir: Path, log: Log, wait: Callable[[], None],
+                      device: str = "auto", progress: bool = True) -> EpisodeStore | None:
+    """The run's latent cache ``DIR/latents.zarr`` of the image store ``store``, encoded once by the frozen
+    tokenizer (``videoaction encode``'s code: sharded over processes, resumable after a kill, reused on --resume
+    when the source, tokenizer weights and transform are unchanged). None (and why, in the log) when the run
+    cannot use one (:func:`latent_cache_blocker`). Call on every process."""
+    why = latent_cache_blocker(cfg, store)
+    if why is not None:
+        if _tokenizer_cfg(cfg) is not None and not uses_latents(store, cfg):
+            log(f"latent cache: off ({why}); the tokenizer encodes the frames at every step")
+        return None
+    from videoaction.train.encode import encode_store
+
+    tok, ds = _tokenizer_cfg(cfg), cfg.dataset
+    out = run_dir / LATENT_CACHE_DIR
+    wait()  # every process sees the same state of DIR/latents.zarr before deciding
+    if out.exists() and _cache_matches(out, cfg, tok):
+        log(f"latent cache: reusing {out}")
+    else:
+        log(f"latent cache: encoding the frames of {cfg.data} once with the frozen {tok.kind} tokenizer into {out} "
+            f"(resumable; TrainOptions.latent_cache='off' / --latent-cache off trains from images)")
+        import os
+
+        encode_store(cfg.data, out, tok, shards=max(1, int(os.environ.get("WORLD_SIZE", 1))),
+                     image_size=ds.image_size, crop_ratio=ds.crop_ratio, image_key=ds.image_key, device=device,
+                     overwrite=out.exists(), restart_stale=True, progress=progress, log=log)
+        wait()
+    return EpisodeStore.open(out)
+
+
 def _init_tokenizer(init, kind: str) -> str | None:
     """Weights path of the tokenizer in the run config of checkpoint ``init`` (same kind, still on disk)."""
     import json
@@ -196,6 +265,10 @@ def fill_model_sizes(cfg, dataset, log: Log) -> None:
             setattr(m, name, value)
     if hasattr(m, "state_dim") and dataset.state is not None and cfg.dataset.state_dims is None:
         cfg.dataset.state_dims = dataset.state_dim
+    text = getattr(m, "text", None)  # a learned per-instruction embedding: its vocabulary is the data's instructions
+    if text is not None and text.kind == "task_embedding" and not text.vocabulary and dataset.language is not None:
+        text.vocabulary = tuple(sorted({v.strip() for v in dataset.language}))
+        log(f"model.text.vocabulary: {len(text.vocabulary)} instructions (from the data)")
 
 
 def check_policy_fits(policy, dataset) -> None:
@@ -265,10 +338,6 @@ def init_from_mar_weights(policy: nn.Module, path, allow_pickle: bool, log: Log)
 # ------------------------------------------------------------------------------------------ optimizer
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay on >= 2-D weights; none on 1-D parameters (norms, biases, embeddings of dim 1)."""
-    text = getattr(m, "text", None)  # a learned per-instruction embedding: its vocabulary is the data's instructions
-    if text is not None and text.kind == "task_embedding" and not text.vocabulary and dataset.language is not None:
-        text.vocabulary = tuple(sorted({v.strip() for v in dataset.language}))
-        log(f"model.text.vocabulary: {len(text.vocabulary)} instructions (from the data)")
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
