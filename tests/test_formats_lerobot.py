@@ -63,10 +63,13 @@ def test_v3_layout_follows_the_published_format(v3):
     np.testing.assert_allclose(frames["timestamp"].to_numpy()[:3], [0.0, 0.1, 0.2], atol=1e-6)
     eps = pq.read_table(v3 / "meta/episodes/chunk-000/file-000.parquet").to_pydict()
     assert eps["dataset_from_index"] == [0, 24, 48, 72] and eps["dataset_to_index"] == [24, 48, 72, 96]
-    assert eps["videos/observation.images.img/file_index"] == [0, 1, 2, 3]
+    # one mp4 holds the four episodes back to back: episode k starts at 2.4 s * k
+    assert eps["videos/observation.images.img/file_index"] == [0, 0, 0, 0]
+    np.testing.assert_allclose(eps["videos/observation.images.img/from_timestamp"], [0.0, 2.4, 4.8, 7.2], atol=1e-6)
+    np.testing.assert_allclose(eps["videos/observation.images.img/to_timestamp"], [2.4, 4.8, 7.2, 9.6], atol=1e-6)
+    assert sorted(p.name for p in (v3 / "videos/observation.images.img/chunk-000").iterdir()) == ["file-000.mp4"]
     assert np.array(eps["stats/observation.images.img/mean"][0]).shape == (3, 1, 1)
     assert "stats/action/q99" in eps
-    assert (v3 / "videos/observation.images.img/chunk-000/file-003.mp4").is_file()
     tasks = pq.read_table(v3 / "meta/tasks.parquet")
     assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
     stats = json.loads((v3 / "meta/stats.json").read_text())
@@ -154,10 +157,10 @@ def test_bad_lerobot_folders_give_named_errors(v3, tmp_path):
         EpisodeStore.open(bad).get_slice("action", 0, 5)
     shutil.rmtree(bad)
     shutil.copytree(v3, bad)
-    video = bad / "videos/observation.images.img/chunk-000/file-001.mp4"
-    video.write_bytes(video.read_bytes()[:600])
+    video = bad / "videos/observation.images.img/chunk-000/file-000.mp4"
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
     with pytest.raises(FormatError, match="video"):
-        EpisodeStore.open(bad).get_episode(1, ["img"])
+        EpisodeStore.open(bad).get_episode(3, ["img"])
     info = json.loads((v3 / "meta/info.json").read_text())
     info["features"]["action"]["shape"] = [3]
     shutil.rmtree(bad)

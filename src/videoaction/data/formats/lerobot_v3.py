@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from videoaction.data.formats.lerobot_write import CHUNKS_SIZE, DATA_FILES_SIZE_IN_MB, VIDEO_FILES_SIZE_IN_MB
+from videoaction.data.formats.video import concat_videos, video_duration
 from videoaction.utils.io import atomic_path
 
 V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -68,6 +69,8 @@ def write_v3(writer, episodes: list[dict], tables: list, tasks: dict[str, int], 
         size += table.nbytes
         ep["data/chunk_index"], ep["data/file_index"] = _chunk_file(file_no)
     _flush(root, file_no, group)
+    for name in video_names:  # consecutive episodes' videos joined into files of at most VIDEO_FILES_SIZE_IN_MB
+        _pack_videos(root, staging, episodes, name)
     rows: dict[str, list] = {c: [] for c in ("episode_index", "tasks", "length", "data/chunk_index",
                                             "data/file_index", "dataset_from_index", "dataset_to_index")}
     for ep in episodes:
@@ -76,14 +79,9 @@ def write_v3(writer, episodes: list[dict], tables: list, tasks: dict[str, int], 
                      ("data/chunk_index", ep["data/chunk_index"]), ("data/file_index", ep["data/file_index"]),
                      ("dataset_from_index", ep["from"]), ("dataset_to_index", ep["to"])):
             rows[c].append(v)
-        chunk, file = _chunk_file(i)  # one mp4 per episode and camera
         for name in video_names:
-            src = staging / f"episode_{i:06d}" / f"{name}.mp4"
-            if src.exists():
-                _move(src, root / V3_VIDEO_PATH.format(video_key=name, chunk_index=chunk, file_index=file))
-            for c, v in (("chunk_index", chunk), ("file_index", file), ("from_timestamp", 0.0),
-                         ("to_timestamp", ep["length"] / writer.fps)):
-                rows.setdefault(f"videos/{name}/{c}", []).append(v)
+            for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp"):
+                rows.setdefault(f"videos/{name}/{c}", []).append(ep["videos"][name][c])
         rows.setdefault("meta/episodes/chunk_index", []).append(0)
         rows.setdefault("meta/episodes/file_index", []).append(0)
         for feat, stats in ep["stats"].items():
@@ -104,6 +102,32 @@ def write_v3(writer, episodes: list[dict], tables: list, tasks: dict[str, int], 
     return {"chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": DATA_FILES_SIZE_IN_MB,
             "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB, "data_path": V3_DATA_PATH,
             "video_path": V3_VIDEO_PATH if video_names else None}
+
+
+def _pack_videos(root: Path, staging: Path, episodes: list[dict], name: str) -> None:
+    """Join the staged per-episode mp4s of camera ``name`` into v3.0 video files; set each episode's
+    ``videos/<name>/{chunk_index, file_index, from_timestamp, to_timestamp}``."""
+    limit = VIDEO_FILES_SIZE_IN_MB * 1024 * 1024
+    groups, size = [[]], 0
+    for ep in episodes:
+        src = staging / f"episode_{ep['episode_index']:06d}" / f"{name}.mp4"
+        if groups[-1] and size + src.stat().st_size > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append((ep, src))
+        size += src.stat().st_size
+    for file_no, group in enumerate(groups):
+        chunk, file = _chunk_file(file_no)
+        start = 0.0
+        for ep, src in group:
+            duration = video_duration(src)
+            ep.setdefault("videos", {})[name] = {"chunk_index": chunk, "file_index": file, "from_timestamp": start,
+                                                 "to_timestamp": start + duration}
+            start += duration
+        dst = root / V3_VIDEO_PATH.format(video_key=name, chunk_index=chunk, file_index=file)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dst, suffix=".mp4") as tmp:
+            concat_videos([src for _, src in group], Path(tmp))
 
 
 def _flush(root: Path, file_no: int, group: list) -> None:

@@ -5,8 +5,9 @@ with its tasks and stats) and the staged folder is renamed into place only when 
 conversion resumes at the first missing episode. :meth:`LeRobotWriter.finalize` lays the staged episodes out in the
 published layout and writes ``meta/info.json`` last; a folder without it is an unfinished conversion.
 
-v3.0: frame parquet files hold many episodes (up to ``data_files_size_in_mb``); each episode's video is its own
-mp4 file (``from_timestamp`` 0), which the format allows because the episode metadata names every file.
+v3.0: frame parquet files and mp4 files hold many consecutive episodes (up to ``data_files_size_in_mb`` /
+``video_files_size_in_mb``); episode k of a video file starts at the summed durations of the episodes before it
+(``videos/<key>/from_timestamp``), the videos being joined without re-encoding.
 """
 
 from __future__ import annotations

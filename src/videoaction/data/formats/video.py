@@ -87,3 +87,40 @@ def decode_video(path: str | Path, start_s: float, n_frames: int, fps: float, ke
         raise FormatError(path, "video has fewer frames than the episode (truncated file?)", key=key or None,
                           expected=f"{n_frames} frames from t={start_s:.3f}s", found=f"{len(out)} frames")
     return np.stack(out)
+
+
+def video_duration(path: str | Path) -> float:
+    """Duration of the first video stream in seconds (what a following file's frames are offset by)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if stream.duration is not None:
+            return float(stream.duration * stream.time_base)
+        return float(container.duration / av.time_base)
+
+
+def concat_videos(inputs: list[Path], output: Path) -> None:
+    """Join mp4 files of one codec / size / rate into ``output`` without re-encoding (ffmpeg's concat demuxer:
+    file k's frames are shifted by the durations of files 0..k-1)."""
+    import tempfile
+
+    import av
+
+    with tempfile.NamedTemporaryFile("w", suffix=".ffconcat", delete=False) as listing:
+        listing.write("ffconcat version 1.0\n")
+        for p in inputs:
+            listing.write(f"file '{Path(p).resolve()}'\n")
+    try:
+        with av.open(listing.name, mode="r", format="concat", options={"safe": "0"}) as src, \
+                av.open(str(output), mode="w", format="mp4", options={"movflags": "faststart"}) as dst:
+            in_stream = src.streams.video[0]
+            out_stream = dst.add_stream_from_template(template=in_stream, opaque=True)
+            out_stream.time_base = in_stream.time_base
+            for packet in src.demux(in_stream):
+                if packet.dts is None:
+                    continue
+                packet.stream = out_stream
+                dst.mux(packet)
+    finally:
+        os.unlink(listing.name)
