@@ -198,6 +198,19 @@ def test_train_both_stages_then_predict(tmp_path):
     assert torch.allclose(out["action_pred"], again["action_pred"])  # save / load round trip
     with pytest.raises(Exception, match="language"):
         policy.predict_action({"image": obs["image"]})
+    from videoaction.models.vpp.latency import STAGES, stage_latency
+
+    ms = stage_latency(policy, obs, repeats=1, warmup=0, steps=2)
+    assert set(ms) == {*STAGES, "total"} and all(v > 0 for v in ms.values())
+    assert ms["total"] >= sum(ms[k] for k in STAGES) - 0.05
+    # served to the existing client: one instruction per observation
+    from videoaction.serve.client import PolicyClient
+    from videoaction.serve.server import ServeConfig, ServerThread
+
+    with ServerThread(policy, ServeConfig(port=0, max_batch=2)) as srv, PolicyClient("127.0.0.1", srv.port) as client:
+        assert client.metadata["model_family"] == "vpp" and "language" in client.metadata["observation"]
+        reply = client.infer({"image": obs["image"][0], "language": "go left"})
+        assert reply["actions"].shape == (8, 2) and np.isfinite(reply["actions"]).all()
     video = stage1.predict_video(obs["image"][:, 0], list(INSTRUCTIONS), steps=2)
     assert video["frames"].shape == (2, 4, 32, 32, 3) and video["frames"].dtype == torch.uint8
 
