@@ -77,6 +77,7 @@ class _MemorySampler:
 
         self.proc, self._stop = psutil.Process(), threading.Event()
         self.peak = {"rss_total": 0, "pss_total": 0, "rss_main": 0, "pss_workers_max": 0}
+        self.series: list[int] = []
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self):
@@ -91,7 +92,13 @@ class _MemorySampler:
             now = {"rss_total": sum(f.rss for f in full), "pss_total": sum(f.pss for f in full),
                    "rss_main": full[0].rss, "pss_workers_max": max([f.pss for f in full[1:]] or [0])}
             self.peak = {k: max(v, now[k]) for k, v in self.peak.items()}
+            self.series.append(now["pss_total"])
             time.sleep(0.05)
+
+    def halves(self) -> tuple[float, float]:
+        """Peak summed PSS in the first and the second half of the run (equal when memory stays flat)."""
+        n = len(self.series) // 2
+        return (max(self.series[:n] or [0]), max(self.series[n:] or [0]))
 
     def __enter__(self):
         self.thread.start()
@@ -135,6 +142,8 @@ def umi_mixture_memory(root: Path, episodes: int, length: int, size: int, batche
             "decoded_frames_mb": round(decoded / 2**20, 1),
             "zip_mb": round(sum(p.stat().st_size for p in paths) / 2**20, 1), "frames_in_ram": ds.frames is not None,
             **{f"peak_{k}_mb": round(v / 2**20, 1) for k, v in mem.peak.items()},
+            "peak_pss_total_first_half_mb": round(mem.halves()[0] / 2**20, 1),
+            "peak_pss_total_second_half_mb": round(mem.halves()[1] / 2**20, 1),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -162,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"UMI mixture loader ({m['datasets']} datasets, {m['workers']} workers, {m['frames_total']} frames "
           f"{m['image']}, decoded {m['decoded_frames_mb']} MB, zips {m['zip_mb']} MB): peak PSS "
           f"{m['peak_pss_total_mb']} MB for all processes (largest worker {m['peak_pss_workers_max_mb']} MB; "
-          f"summed RSS {m['peak_rss_total_mb']} MB), frames in RAM: {m['frames_in_ram']}")
+          f"summed RSS {m['peak_rss_total_mb']} MB; first / second half {m['peak_pss_total_first_half_mb']} / "
+          f"{m['peak_pss_total_second_half_mb']} MB), frames in RAM: {m['frames_in_ram']}")
     if args.out:
         from videoaction.utils.io import atomic_write_json
 

@@ -84,8 +84,6 @@ def _feature_spec(root: Path, name: str, ft: dict) -> tuple[tuple[int, ...], np.
         if list(names)[:1] == ["channels"] or (shape[0] in (1, 3) and shape[-1] not in (1, 3)):
             shape = (shape[1], shape[2], shape[0])  # (C, H, W) -> (H, W, C)
         return shape, np.dtype(np.uint8)
-    if dtype in ("string",):
-        raise FormatError(root, "string features are not supported as data", key=f"features.{name}")
     try:
         np_dtype = np.dtype(dtype)
     except TypeError:
@@ -119,8 +117,8 @@ class LeRobotSource(EpisodeSource):
         self.rename = rename  # LeRobot name -> store key
         self.specs, self.columns = {}, {}
         for name, ft in features.items():
-            if name in RESERVED_COLUMNS:
-                continue
+            if name in RESERVED_COLUMNS or (isinstance(ft, dict) and ft.get("dtype") == "string"):
+                continue  # bookkeeping columns; per-frame strings (e.g. language) are not array data
             shape, dtype = _feature_spec(root, name, ft)
             key = rename.get(name, name)
             self.specs[key] = (shape, dtype)
