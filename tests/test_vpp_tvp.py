@@ -204,6 +204,16 @@ def test_loads_a_diffusers_svd_folder(tmp_path):
     p = VPPPolicy(cfg)
     assert torch.equal(p.tvp.unet.conv_in.weight, unet.conv_in.weight)
     assert cfg.model.unet.block_out_channels == (32, 64, 64)
+    # its checkpoint loads without the folder (the layout is in the saved config)
+    import shutil
+
+    from videoaction.models.base import load_policy
+
+    p.save_pretrained(tmp_path / "ckpt")
+    shutil.rmtree(tmp_path / "svd")
+    q = load_policy(tmp_path / "ckpt")
+    assert torch.equal(q.tvp.unet.conv_in.weight, unet.conv_in.weight)
+    assert torch.equal(q.tvp.vae.encoder.conv_in.weight, vae.encoder.conv_in.weight)
 
 
 def test_clip_text_tokens_from_a_local_folder(tmp_path):

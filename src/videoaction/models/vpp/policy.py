@@ -50,15 +50,17 @@ class VPPPolicy(Policy):
     config_class = VPPRunConfig
 
     def __init__(self, cfg: VPPRunConfig, load_pretrained: bool = True):
+        """``load_pretrained=False`` (checkpoint loading): build every module from the config alone (no SVD
+        folder, no --init checkpoint needed); the weights follow from the checkpoint."""
         super().__init__(cfg)
         m, ds = cfg.model, cfg.dataset
         m.validate()
         if m.text.kind == "task_tokens" and not m.text.vocabulary:
             m.text.vocabulary = _vocabulary(cfg)
-        if cfg.init and m.stage == "policy":
+        if cfg.init and m.stage == "policy" and load_pretrained:
             _check_same_tvp(cfg)
-        if m.svd_path:
-            unet, vae = load_svd(m.svd_path, m.unet, m.vae, weights=load_pretrained)
+        if m.svd_path and load_pretrained:  # from a checkpoint, the config already holds the folder's layout
+            unet, vae = load_svd(m.svd_path, m.unet, m.vae)
         else:
             unet, vae = build_unet(m.unet), build_vae(m.vae)
         self.tvp = TVP(m, unet, vae)
