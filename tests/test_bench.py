@@ -36,11 +36,44 @@ def test_ratios_pair_equal_steps_and_few_step_against_ddpm100():
     assert got == {"UVA ddpm-100 / DP-C ddpm-100": 0.2, "UVA dpm-4 / DP-C ddpm-100": 0.05}
 
 
+def test_evaluate_curve_headline_is_last_best_beside_it(tmp_path):
+    """Every checkpoint on the curve seeds; last (headline) and best re-evaluated on all seeds; resumable."""
+    from videoaction.eval.curves import check_monotone, evaluate_curve
+
+    quality = {"a": 0.2, "b": 0.9, "c": 0.5}  # checkpoint -> score the fake simulator gives it
+    calls = []
+
+    def fake_eval(ckpt, env, seeds, out_dir, **kw):
+        calls.append((ckpt, tuple(seeds)))
+        res = {"metrics": {"dp_score": quality[ckpt] + 0.01 * len(seeds), "n_episodes": len(seeds)}, "seeds": seeds}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(res))
+        return res
+
+    curve = [{"index": i + 1, "minutes": m, "wall_s": 70.0 * m, "step": 100 * (i + 1), "checkpoint": c}
+             for i, (m, c) in enumerate([(1.0, "a"), (2.0, "b"), (3.0, "c")])]
+    check_monotone(curve)
+    seeds = list(range(100, 110))
+    ev = evaluate_curve(curve, "pusht", seeds, 3, lambda r: r["metrics"]["dp_score"], tmp_path, evaluate=fake_eval)
+    assert [p["seeds"] for p in ev["points"]] == [3, 3, 3]
+    assert ev["headline"] == "last" and ev["last"]["checkpoint"] == "c" and ev["last"]["seeds"] == 10
+    assert ev["last"]["score"] == pytest.approx(0.5 + 0.1)  # the full-seed evaluation, not the curve point
+    assert ev["best"]["checkpoint"] == "b" and ev["best"]["score"] == pytest.approx(0.9 + 0.1)
+    assert sorted(calls) == sorted([("a", tuple(seeds[:3])), ("b", tuple(seeds[:3])), ("c", tuple(seeds[:3])),
+                                    ("c", tuple(seeds)), ("b", tuple(seeds))])
+    calls.clear()
+    again = evaluate_curve(curve, "pusht", seeds, 3, lambda r: r["metrics"]["dp_score"], tmp_path, evaluate=fake_eval)
+    assert calls == [] and again["last"]["score"] == ev["last"]["score"]  # resumed from results.json
+    with pytest.raises(Exception, match="out of order"):
+        check_monotone([curve[1], curve[0]])
+
+
 @pytest.mark.sim
-def test_bench_targets_quick_trains_and_evaluates_both_envs(tmp_path, capsys):
-    """`bench --targets --quick`: demos, UVA-tiny training (PushT; Metaworld with task embedding + 39-d state),
-    simulator evaluation next to the baselines, a report per env, and the headline JSON."""
+def test_bench_targets_quick_trains_side_by_side_and_evaluates(tmp_path, capsys):
+    """`bench --targets --quick`: demos, shared stage 0, UVA / UVA-action / DP-C on PushT and UVA on Metaworld trained
+    side by side for equal budgets with curve checkpoints, closed-loop evaluation next to floors on the same seeds."""
     from videoaction.envs.metaworld import ensure_headless_gl
+    from videoaction.eval.curves import check_monotone, read_curve
 
     ensure_headless_gl()  # before importorskip imports mujoco
     pytest.importorskip("gym_pusht")
@@ -48,16 +81,34 @@ def test_bench_targets_quick_trains_and_evaluates_both_envs(tmp_path, capsys):
     out = tmp_path / "targets.json"
     assert main(["--targets", "--quick", "--out", str(out), "--threads", "1"]) == 0
     summary = json.loads(out.read_text())
+    root = tmp_path / "targets"
     pusht, mw = summary["envs"]["pusht"], summary["envs"]["metaworld"]
-    assert 0.0 <= pusht["metrics"]["dp_score"] <= 1.0 and set(pusht["baselines"]) == {"random", "mean-action"}
-    assert pusht["steps"] > 0 and pusht["met"] == (pusht["metrics"]["dp_score"] >= 0.5)
-    assert set(mw["metrics"]["per_task"]) == {f"metaworld:{t}" for t in ("button-press-topdown", "drawer-open",
-                                                                            "reach")}
-    assert set(mw["baselines"]) == {"random"} and set(mw["baselines"]["random"]["per_task"]) == set(
-        mw["metrics"]["per_task"])
-    cfg = json.loads((tmp_path / "targets" / "metaworld" / "run" / "config.json").read_text())
-    assert cfg["model"]["language"] and cfg["model"]["use_state"] and cfg["model"]["state_dim"] == 39
-    assert cfg["model"]["action_dim"] == 4 and len(cfg["model"]["text"]["vocabulary"]) == 3
-    for r in (pusht, mw):
-        assert (tmp_path / "targets" / r["report"].split("/targets/")[-1]).is_file()
-    assert "target not met" in capsys.readouterr().out or pusht["met"]
+    assert [r["model"] for r in pusht["models"]] == ["uva-tiny-pusht", "uva-tiny-action", "dp-tiny"]
+    assert set(pusht["floors"]) == {"random", "mean-action"} and set(mw["floors"]) == {"random"}
+    budget = summary["budget_minutes"]
+    for env, r in (("pusht", pusht), ("metaworld", mw)):
+        for row in r["models"]:
+            assert row["budget_minutes"] == pytest.approx(budget) and row["steps"] > 0  # equal budgets
+            curve = read_curve(root / env / "runs" / row["model"])
+            check_monotone(curve)
+            assert [p["step"] for p in row["curve"]] == [p["step"] for p in curve] and len(curve) == 2
+            ev_dir = root / env / "eval" / row["model"] / f"step_{curve[-1]['step']:07d}" / f"seeds_{len(r['seeds'])}"
+            last = json.loads((ev_dir / "results.json").read_text())  # headline = the last checkpoint's evaluation
+            assert row["score"] == pytest.approx(last["metrics"][r["score"]]) and row["steps"] == curve[-1]["step"]
+            assert [int(s) for s in last["seeds"]] == r["seeds"]
+        for name in r["floors"]:  # floors on exactly the models' seeds
+            floor = json.loads((root / env / "eval" / "floors" / name / "results.json").read_text())
+            assert [int(s) for s in floor["seeds"]] == r["seeds"]
+            assert r["floors"][name]["score"] == pytest.approx(floor["metrics"][r["score"]])
+    cfgs = {m: json.loads((root / "pusht" / "runs" / m / "config.json").read_text()) for m in
+            ("uva-tiny-pusht", "uva-tiny-action")}
+    assert cfgs["uva-tiny-action"]["model"]["task_modes"] == ["policy_model"]
+    assert cfgs["uva-tiny-pusht"]["model"]["tokenizer"]["path"] == cfgs["uva-tiny-action"]["model"]["tokenizer"]["path"]
+    mcfg = json.loads((root / "metaworld" / "runs" / "uva-tiny-metaworld" / "config.json").read_text())
+    assert mcfg["model"]["language"] and mcfg["model"]["state_dim"] == 4 and mcfg["model"]["action_dim"] == 4
+    assert set(mw["models"][0]["per_task"]) == {"drawer-open", "reach"}
+    assert pusht["targets"]["uva_ge_dp"] == (pusht["models"][0]["score"] >= pusht["models"][2]["score"])
+    html = (root / "pusht" / "report" / "report.html").read_text()
+    assert "learning_curves.png" in html and (root / "pusht" / "report" / "learning_curves.png").is_file()
+    assert "headline = last checkpoint" in html and "<video" in html
+    assert "headline = last checkpoint" in capsys.readouterr().out

@@ -1,177 +1,425 @@
-"""`videoaction bench --targets`: the evaluation issue's training-budget targets, measured end to end on a CPU.
+"""`videoaction bench --targets`: closed-loop success for a CPU training budget, every model on equal terms.
 
-* **PushT**: UVA-tiny trained for ``minutes`` on scripted demonstrations, evaluated on fixed seeds (DP score and
-  success), next to the random and mean-action policies. Target: DP score >= 0.5.
-* **Metaworld easy tasks** (default button-press-topdown, drawer-open, reach): one UVA-tiny for all of them,
-  conditioned on the task instruction (a learned task embedding) and the 39-d state, trained for ``minutes``;
-  success per task over 20 seeds, 300-step episodes. Target: success >= 0.5.
+* **PushT** (image + agent_pos): UVA-tiny (``uva-tiny-pusht``), the UVA-action ablation (``uva-tiny-action``: no
+  video loss, everything else equal) and DP-C-tiny (``dp-tiny``), trained **side by side in one invocation** for the
+  same training wall-clock (one torch thread each, so they share the machine equally); DP score and success on fixed
+  seeds next to the random and mean-action floors on the same seeds. Target: UVA DP score >= 0.5 and >= DP-C.
+* **Metaworld** button-press-topdown, drawer-open, reach (image + 4-d proprio): one ``uva-tiny-metaworld`` for the
+  three tasks, conditioned on the instruction; success per task next to the random floor on the same seeds.
+  DP-C has no language / task conditioning in this project, so it has no Metaworld multi-task row.
+* **Learning curves** (:mod:`videoaction.eval.curves`): ``curve_points`` checkpoints per run at equal shares of the
+  budget, each evaluated in closed loop (intermediate ones on the first ``curve_episodes`` seeds); the headline
+  number is the **last** checkpoint on all seeds, the best checkpoint is shown beside it.
 
-Each environment gets its own directory with the demonstrations, the run, the evaluation and a report;
-``targets.json`` holds the headline numbers, the steps reached, and the wall-clock spent per stage. Re-running with
-the same ``--out`` reuses finished demonstrations and resumes training from the last checkpoint.
+Stages: demonstrations -> stage 0 tokenizer and latent cache per environment (shared by UVA and UVA-action, not
+part of the budget) -> all training runs at once -> evaluations (``eval_workers`` processes).
+``OUT/targets.json`` holds the table; ``OUT/<env>/report/report.html`` the plots, rollouts and per-seed tables.
+Re-running with the same ``--out`` skips finished demonstrations, tokenizers, curve segments and evaluations
+(resumable after a kill).
 """
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.utils.io import atomic_write_json
 
 METAWORLD_EASY = ("button-press-topdown", "drawer-open", "reach")
+# what each environment's headline score is, and the floors evaluated next to the models
+SCORES = {"pusht": ("dp_score", "DP score"), "metaworld": ("success_rate", "success rate (mean over tasks)")}
 
 
 @dataclass
 class TargetSizes:
-    minutes: float = 60.0  # training wall-clock budget per environment (stage 0 tokenizer not included)
+    minutes: float = 45.0  # training wall-clock per run (every run of the invocation trains this long, side by side)
     pusht_episodes: int = 100
     metaworld_episodes: int = 30  # per task
-    eval_episodes: int = 50  # PushT
-    metaworld_eval_episodes: int = 20  # per task (Metaworld renders with OSMesa at ~30 env-steps/s on a CPU)
-    metaworld_max_steps: int = 300  # the scripted experts finish these tasks in well under 150 steps
-    tokenizer_steps: int = 1000
+    eval_episodes: int = 50  # per task, the headline (last checkpoint) and the floors
+    curve_points: int = 10  # checkpoints per run at equal shares of the budget
+    curve_episodes: int = 10  # PushT seeds for intermediate checkpoints
+    metaworld_curve_points: int = 5  # Metaworld renders at ~30 env-steps/s on a CPU core: fewer, cheaper points
+    metaworld_curve_episodes: int = 4  # per task
+    metaworld_max_steps: int = 150  # the scripted experts finish these tasks in 36-93 steps
+    max_eval_steps: int | None = None  # PushT episode limit; None: the env's own (300)
+    tokenizer_steps: int = 600  # stage 0 (31.7 dB held-out PSNR on PushT frames)
     batch_size: int = 16
-    threads: int | None = None  # torch threads for this process (None: leave torch's default)
+    threads: int | None = 1  # torch threads per training / evaluation process
+    eval_workers: int = 3  # evaluation processes
     envs: tuple[str, ...] = ("pusht", "metaworld")
     metaworld_tasks: tuple[str, ...] = METAWORLD_EASY
-    max_eval_steps: int | None = None  # PushT episode limit; None: the env's own (300)
+    pusht_models: tuple[str, ...] = ("uva-tiny-pusht", "uva-tiny-action", "dp-tiny")
+    metaworld_models: tuple[str, ...] = ("uva-tiny-metaworld",)
     seed: int = 0
+    smoke: bool = False  # shrink the networks (tests)
+    prepare_only: bool = False  # stop after demonstrations and stage 0 (a later run with the same out reuses them)
+    overrides: dict = field(default_factory=dict)  # "dotted.field": value applied to every run config
 
 
-QUICK = TargetSizes(minutes=0.2, pusht_episodes=3, metaworld_episodes=1, eval_episodes=2, metaworld_eval_episodes=1,
-                    metaworld_max_steps=20, tokenizer_steps=10, batch_size=4, max_eval_steps=20)
+QUICK = TargetSizes(minutes=0.15, pusht_episodes=3, metaworld_episodes=1, eval_episodes=3, curve_points=2,
+                    curve_episodes=2, metaworld_curve_points=2, metaworld_curve_episodes=1, metaworld_max_steps=12,
+                    max_eval_steps=12, tokenizer_steps=5, batch_size=4, smoke=True, eval_workers=2,
+                    metaworld_tasks=("drawer-open", "reach"))
 
 
-def pusht_config(data: str, out: str, sizes: TargetSizes):
-    """UVA-tiny on PushT demonstrations: the preset as it is, with the wall-clock budget ending training."""
+# ----------------------------------------------------------------------------------------------- configs
+def run_config(preset: str, data: str, out: str, sizes: TargetSizes, tokenizer: str | None = None):
+    """The preset as it is, on ``data``, with the invocation's batch size (the wall-clock budget ends training)."""
     from videoaction.config import get_preset
 
-    cfg = get_preset("uva-tiny")
+    cfg = get_preset(preset)
     cfg.data, cfg.out, cfg.seed = data, out, sizes.seed
-    return _budget(cfg, sizes)
-
-
-def metaworld_config(data: str, out: str, sizes: TargetSizes):
-    """UVA-tiny for several Metaworld tasks: instruction (learned task embedding) + the full 39-d state as
-    conditions, Metaworld's 4-d actions (filled from the data)."""
-    from videoaction.config import get_preset
-
-    cfg = get_preset("uva-tiny")
-    cfg.data, cfg.out, cfg.seed = data, out, sizes.seed
-    cfg.dataset.language_key = "language"
-    cfg.dataset.state_dims = None  # all 39 dims: hand, gripper, object poses, goal (goal_observable)
-    m = cfg.model
-    m.use_state = True
-    m.language, m.text.kind, m.text.dim, m.text_dim = True, "task_embedding", 64, 64
-    m.text_tokens = 4
-    m.label_drop_prob = 0.0  # no classifier-free guidance on the task: the instruction is always known
-    return _budget(cfg, sizes)
-
-
-def _budget(cfg, sizes: TargetSizes):
-    cfg.steps = 1_000_000  # the wall-clock budget ends training
-    cfg.time_limit_min = sizes.minutes
-    cfg.save_every = 500
     cfg.log_every = 50
     cfg.optim.batch_size = sizes.batch_size
     cfg.dataset.val_ratio = 0.05
-    cfg.resume = (Path(cfg.out) / "checkpoints").is_dir()
+    m = cfg.model
+    if tokenizer and hasattr(m, "tokenizer"):
+        m.tokenizer.path = tokenizer
+    if sizes.smoke:
+        if hasattr(m, "video_head"):
+            m.width, m.num_heads = 64, 2
+            m.video_head.width = m.action_head.width = 64
+            m.video_head.depth = m.action_head.depth = 1
+        else:
+            m.down_dims, m.backbone_width = (16, 32), 8
+    for key, value in sizes.overrides.items():
+        obj, *path = [cfg, *key.split(".")]
+        for k in path[:-1]:
+            obj = getattr(obj, k)
+        if not hasattr(obj, path[-1]):
+            raise VideoActionError(f"TargetSizes.overrides: unknown config field {key!r}")
+        setattr(obj, path[-1], value)
     return cfg
 
 
-def _demos(kind: str, out: Path, episodes: int, sizes: TargetSizes, tasks=None) -> tuple[str, float]:
+# ----------------------------------------------------------------------------------------------- workers
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _demos_job(kind: str, out: str, episodes: int, seed: int, tasks: tuple[str, ...] | None, threads) -> dict:
     from videoaction.data.store import EpisodeStore
     from videoaction.demos.cli import main as demos_main
 
+    _threads(threads)
+    marker = Path(out + ".done.json")
+    if marker.is_file():
+        return {"path": out, "reused": True, **__import__("json").loads(marker.read_text())}
     t0 = time.perf_counter()
-    args = [kind, "--episodes", str(episodes), "--seed", str(sizes.seed), "--out", str(out)]
+    args = [kind, "--episodes", str(episodes), "--seed", str(seed), "--out", out, "--no-progress"]
     if tasks:
         args += ["--tasks", *tasks]
     if demos_main(args):
         raise VideoActionError(f"{kind} demonstration generation failed ({out})")
-    if EpisodeStore.open(out).n_episodes < 2:
+    n = EpisodeStore.open(out).n_episodes
+    if n < 2:
         raise VideoActionError(f"{out}: fewer than 2 successful demonstrations")
-    return str(out), time.perf_counter() - t0
+    info = {"episodes": n, "attempts": episodes, "seconds": time.perf_counter() - t0}
+    atomic_write_json(marker, info)
+    return {"path": out, **info}
 
 
-def _train_and_eval(cfg, env: str, sizes: TargetSizes, out: Path, baselines: dict | None = None,
-                    n_episodes: int | None = None, max_steps: int | None = None) -> dict:
-    from videoaction.eval.report import write_report
+def _tokenizer_job(preset: str, data: str, out: str, steps: int, batch_size: int, seed: int, threads) -> dict:
+    from videoaction.config import get_preset
+    from videoaction.train.tokenizer import train_tokenizer
+
+    import json
+
+    _threads(threads)
+    report = Path(out + ".json")
+    if (Path(out) / "tokenizer.json").is_file() and report.is_file():
+        return {**json.loads(report.read_text()), "reused": True}
+    cfg = get_preset(preset)
+    t0 = time.perf_counter()
+    res: list = []
+    train_tokenizer(data, out, cfg.model.tokenizer, steps=steps, batch_size=batch_size,
+                    image_key=cfg.dataset.image_key, image_size=cfg.dataset.image_size, seed=seed, progress=False,
+                    log=None, result=res)
+    info = {"path": out, "steps": steps, "seconds": time.perf_counter() - t0,
+            "psnr_val": res[0].psnr_val if res else None}
+    atomic_write_json(report, info)
+    return info
+
+
+def _latents_job(preset: str, data: str, tokenizer: str, out: str, threads) -> dict:
+    """Encode every frame once with the shared tokenizer (the latent cache both UVA runs train on)."""
+    import dataclasses
+
+    from videoaction.config import get_preset
+    from videoaction.train.encode import encode_store
+
+    _threads(threads)
+    marker = Path(out + ".done.json")
+    if marker.is_file():
+        return {"path": out, "reused": True}
+    cfg = get_preset(preset)
+    t0 = time.perf_counter()
+    encode_store(data, out, dataclasses.replace(cfg.model.tokenizer, path=tokenizer), image_size=cfg.dataset.image_size,
+                 crop_ratio=cfg.dataset.crop_ratio, image_key=cfg.dataset.image_key, device="cpu", overwrite=True,
+                 restart_stale=True, progress=False, log=lambda m: None)
+    info = {"path": out, "seconds": time.perf_counter() - t0}
+    atomic_write_json(marker, info)
+    return info
+
+
+def _train_job(cfg, minutes: float, points: int, threads) -> list[dict]:
+    from videoaction.eval.curves import train_with_curve
+    from videoaction.train.trainer import TrainOptions
+
+    _threads(threads)
+    log_path = Path(cfg.out) / "train.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        with open(log_path, "a") as f:
+            f.write(msg + "\n")
+
+    return train_with_curve(cfg, minutes, points, TrainOptions(progress=False, log=log), log=log)
+
+
+def _curve_eval_job(curve: list[dict], env: str, seeds: list[int], n_intermediate: int, score_key: str, out: str,
+                    max_steps, record_video: int, threads) -> dict:
+    from videoaction.eval.curves import evaluate_curve
+
+    _threads(threads)
+    return evaluate_curve(curve, env, seeds, n_intermediate, lambda r: float(r["metrics"][score_key]), out,
+                          max_steps=max_steps, record_video=record_video)
+
+
+def _floor_job(name: str, env: str, seeds: list[int], data: str, out: str, max_steps, seed: int, threads) -> dict:
+    import json
+
+    from videoaction.eval.baselines import MeanActionPolicy, RandomPolicy
     from videoaction.eval.runner import evaluate_policy
-    from videoaction.models.base import load_policy
-    from videoaction.train.trainer import TrainOptions, train
 
-    t0 = time.perf_counter()
-    res = train(cfg, TrainOptions(tokenizer_steps=sizes.tokenizer_steps, tokenizer_batch_size=sizes.batch_size))
-    train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    policy = load_policy(res.checkpoint)
-    n = n_episodes or sizes.eval_episodes
-    kw = dict(n_episodes=n, max_steps=max_steps or sizes.max_eval_steps, n_envs=min(8, n))
-    result = evaluate_policy(policy, env, out_dir=out / "eval" / "uva-tiny", record_video=4, **kw)
-    base = {name: evaluate_policy(p, env, out_dir=out / "eval" / name, **kw) for name, p in (baselines or {}).items()}
-    eval_s = time.perf_counter() - t0
-    report = write_report(out / "report", result, run_dir=cfg.out, baselines=base, media_root=out / "eval" / "uva-tiny",
-                          title=f"UVA-tiny, {sizes.minutes:g} min of CPU training — {env}")
-    return {"env": env, "steps": res.step, "train_s": train_s, "eval_s": eval_s, "report": str(report),
-            "metrics": _headline(result), "baselines": {k: _headline(v) for k, v in base.items()},
-            "checkpoint": str(res.checkpoint)}
+    _threads(threads)
+    f = Path(out) / "results.json"
+    if f.is_file() and json.loads(f.read_text()).get("seeds") == seeds:
+        return json.loads(f.read_text())
+    policy = RandomPolicy(seed=seed) if name == "random" else MeanActionPolicy.from_store(data)
+    return evaluate_policy(policy, env, seeds=seeds, max_steps=max_steps, out_dir=out, n_envs=min(8, len(seeds)),
+                           progress=False)
 
 
-def _headline(result: dict) -> dict:
-    m = result["metrics"]
-    keys = ("dp_score", "success_rate", "mean_max_coverage", "n_episodes")
-    out = {k: m[k] for k in keys if k in m}
-    if "per_task_success" in m:
-        out["per_task"] = dict(m["per_task_success"])
+# ----------------------------------------------------------------------------------------------- the run
+@dataclass
+class _Env:
+    name: str  # pusht | metaworld
+    spec: str  # evaluation env spec
+    models: tuple[str, ...]
+    floors: tuple[str, ...]
+    max_steps: int | None
+    points: int
+    curve_episodes: int
+    demo_kind: str
+    episodes: int
+    tasks: tuple[str, ...] | None = None
+
+
+def _envs(sizes: TargetSizes) -> list[_Env]:
+    out = []
+    for env in sizes.envs:
+        if env == "pusht":
+            out.append(_Env("pusht", "pusht", sizes.pusht_models, ("random", "mean-action"), sizes.max_eval_steps,
+                            sizes.curve_points, sizes.curve_episodes, "pusht", sizes.pusht_episodes))
+        elif env == "metaworld":
+            tasks = tuple(sizes.metaworld_tasks)
+            out.append(_Env("metaworld", "metaworld:" + ",".join(tasks), sizes.metaworld_models, ("random",),
+                            sizes.metaworld_max_steps, sizes.metaworld_curve_points, sizes.metaworld_curve_episodes,
+                            "metaworld", sizes.metaworld_episodes, tasks))
+        else:
+            raise VideoActionError(f"bench --targets: unknown environment {env!r}; choose pusht or metaworld")
     return out
 
 
-def run_targets(out: Path, sizes: TargetSizes | None = None) -> dict:
-    """Run the targets for ``sizes.envs``; write and return ``targets.json``'s content."""
+def _pool(n: int) -> ProcessPoolExecutor:
+    import multiprocessing as mp
+
+    os.environ.setdefault("MUJOCO_GL", "osmesa")  # children render headless (Metaworld)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    return ProcessPoolExecutor(max_workers=max(1, n), mp_context=mp.get_context("spawn"))
+
+
+def run_targets(out: Path, sizes: TargetSizes | None = None, log=print) -> dict:
+    """Run every stage for ``sizes.envs``; write and return ``OUT/targets.json``'s content."""
+    from videoaction.eval.runner import default_seeds
+
     sizes = sizes or TargetSizes()
-    out = Path(out)
+    if not sizes.threads:  # one thread per process unless asked otherwise: the runs share the machine equally
+        sizes = replace(sizes, threads=1)
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if sizes.threads:
-        import torch
+    envs = _envs(sizes)
+    t = {}
+    summary: dict = {"budget_minutes": sizes.minutes, "sizes": asdict(sizes), "envs": {}, "stage_s": t}
 
-        torch.set_num_threads(sizes.threads)
-    summary: dict = {"minutes": sizes.minutes, "batch_size": sizes.batch_size, "envs": {}}
-    if "pusht" in sizes.envs:
-        from videoaction.eval.baselines import MeanActionPolicy, RandomPolicy
+    t0 = time.perf_counter()
+    log(f"1/4 demonstrations: {', '.join(e.name for e in envs)}")
+    with _pool(len(envs)) as pool:
+        futs = {e.name: pool.submit(_demos_job, e.demo_kind, str(out / e.name / "demos.zarr"), e.episodes,
+                                    sizes.seed, e.tasks, sizes.threads) for e in envs}
+        demos = {k: f.result() for k, f in futs.items()}
+    t["demos"] = time.perf_counter() - t0
 
-        d = out / "pusht"
-        data, demos_s = _demos("pusht", d / "demos.zarr", sizes.pusht_episodes, sizes)
-        r = _train_and_eval(pusht_config(data, str(d / "run"), sizes), "pusht", sizes, d,
-                            {"random": RandomPolicy(seed=sizes.seed), "mean-action": MeanActionPolicy.from_store(data)})
-        r.update(demos_s=demos_s, target={"dp_score": 0.5}, met=r["metrics"]["dp_score"] >= 0.5)
-        summary["envs"]["pusht"] = r
-        atomic_write_json(out / "targets.json", summary)
-    if "metaworld" in sizes.envs:  # (the Metaworld env and task lookup choose the headless GL backend themselves)
-        from videoaction.eval.baselines import RandomPolicy
+    t0 = time.perf_counter()
+    log("2/4 stage 0: one tokenizer per environment, shared by its UVA runs (not part of the budget)")
+    uva_envs = [e for e in envs if any(m.startswith("uva") for m in e.models)]
+    with _pool(len(uva_envs)) as pool:
+        futs = {e.name: pool.submit(_tokenizer_job, next(m for m in e.models if m.startswith("uva")),
+                                    demos[e.name]["path"], str(out / e.name / "tokenizer"), sizes.tokenizer_steps,
+                                    sizes.batch_size, sizes.seed, sizes.threads) for e in uva_envs}
+        tokenizers = {k: f.result() for k, f in futs.items()}
+    t["tokenizers"] = time.perf_counter() - t0
 
-        d = out / "metaworld"
-        tasks = list(sizes.metaworld_tasks)
-        data, demos_s = _demos("metaworld", d / "demos.zarr", sizes.metaworld_episodes, sizes, tasks)
-        r = _train_and_eval(metaworld_config(data, str(d / "run"), sizes), "metaworld:" + ",".join(tasks), sizes, d,
-                            {"random": RandomPolicy(seed=sizes.seed)}, n_episodes=sizes.metaworld_eval_episodes,
-                            max_steps=sizes.metaworld_max_steps)
-        per_task = r["metrics"].get("per_task") or {tasks[0]: r["metrics"]["success_rate"]}
-        r.update(demos_s=demos_s, target={"success_rate_per_task": 0.5},
-                 met=bool(per_task) and all((v or 0.0) >= 0.5 for v in per_task.values()))
-        summary["envs"]["metaworld"] = r
-        atomic_write_json(out / "targets.json", summary)
+    t0 = time.perf_counter()
+    log("   latent cache: every frame encoded once per environment by its tokenizer, shared by its UVA runs")
+    with _pool(len(uva_envs)) as pool:
+        futs = {e.name: pool.submit(_latents_job, next(m for m in e.models if m.startswith("uva")),
+                                    demos[e.name]["path"], tokenizers[e.name]["path"],
+                                    str(out / e.name / "latents.zarr"), sizes.threads) for e in uva_envs}
+        latents = {k: f.result() for k, f in futs.items()}
+    t["latents"] = time.perf_counter() - t0
+    if sizes.prepare_only:
+        return summary
+
+    t0 = time.perf_counter()
+    jobs = [(e, m) for e in envs for m in e.models]
+    log(f"3/4 training {len(jobs)} runs side by side for {sizes.minutes:g} min each: "
+        + ", ".join(f"{e.name}/{m}" for e, m in jobs))
+    with _pool(len(jobs)) as pool:
+        futs = {}
+        for e, m in jobs:
+            uva = m.startswith("uva")
+            cfg = run_config(m, latents[e.name]["path"] if uva else demos[e.name]["path"],
+                             str(out / e.name / "runs" / m), sizes, tokenizers[e.name]["path"] if uva else None)
+            futs[(e.name, m)] = pool.submit(_train_job, cfg, sizes.minutes, e.points, sizes.threads)
+        curves = {k: f.result() for k, f in futs.items()}
+    t["training"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    log(f"4/4 evaluation: curves and floors ({sizes.eval_workers} processes)")
+    seeds = {e.name: [int(s) for s in default_seeds(e.spec, sizes.eval_episodes)] for e in envs}
+    with _pool(sizes.eval_workers) as pool:
+        evals, floors = {}, {}
+        for e in sorted(envs, key=lambda e: e.name != "metaworld"):  # longest jobs first: Metaworld renders slowly
+            for i, m in enumerate(e.models):
+                evals[(e.name, m)] = pool.submit(
+                    _curve_eval_job, curves[(e.name, m)], e.spec, seeds[e.name], e.curve_episodes,
+                    SCORES[e.name][0], str(out / e.name / "eval" / m), e.max_steps, 4 if i == 0 else 0, sizes.threads)
+            for f in e.floors:
+                floors[(e.name, f)] = pool.submit(_floor_job, f, e.spec, seeds[e.name], demos[e.name]["path"],
+                                                  str(out / e.name / "eval" / "floors" / f), e.max_steps, sizes.seed,
+                                                  sizes.threads)
+        evals = {k: f.result() for k, f in evals.items()}
+        floors = {k: f.result() for k, f in floors.items()}
+    t["evaluation"] = time.perf_counter() - t0
+
+    for e in envs:
+        summary["envs"][e.name] = _env_summary(e, out, sizes, seeds[e.name], demos[e.name], tokenizers.get(e.name),
+                                               {m: evals[(e.name, m)] for m in e.models},
+                                               {f: floors[(e.name, f)] for f in e.floors})
+    summary["table"] = table(summary)
+    atomic_write_json(out / "targets.json", summary)
     return summary
+
+
+def table(summary: dict) -> list[dict]:
+    """One flat row per model and floor: what the closing note's table shows."""
+    rows = []
+    for env, r in summary["envs"].items():
+        for m in r["models"]:
+            rows.append({"env": env, "policy": m["model"], "privileged_state": m["privileged_state"],
+                         "budget_min": m["budget_minutes"], "steps": m["steps"], "steps_per_min": m["steps_per_min"],
+                         "seeds": m["seeds"], "checkpoint": "last", r["score"]: m["score"],
+                         "success_rate": m.get("success_rate"), "per_task": m.get("per_task"),
+                         f"best_{r['score']}": m["best"]["score"], "best_at_min": m["best"]["minutes"]})
+        for f, v in r["floors"].items():
+            rows.append({"env": env, "policy": f"{f} (floor)", "seeds": v["seeds"], r["score"]: v["score"],
+                         "success_rate": v.get("success_rate"), "per_task": v.get("per_task")})
+    return rows
+
+
+def _env_summary(e: _Env, out: Path, sizes: TargetSizes, seeds: list[int], demos: dict, tokenizer: dict | None,
+                 evals: dict, floors: dict) -> dict:
+    from videoaction.eval.curves import CHECKPOINT_RULE, curve_section
+    from videoaction.eval.report import write_report
+
+    key, label = SCORES[e.name]
+    rows, results = [], []
+    for m, ev in evals.items():
+        last, best = ev["last"], ev["best"]
+        res = dict(ev["_last_results"], name=f"{m} (last checkpoint)")
+        results.append(res)
+        rows.append({"model": m, "privileged_state": "privileged_state" in m, "budget_minutes": last["minutes"],
+                     "steps": last["step"], "steps_per_min": last["step"] / last["minutes"],
+                     "seeds": last["seeds"], "score": last["score"], **_metrics(last["metrics"]),
+                     "best": {"score": best["score"], "step": best["step"], "minutes": best["minutes"],
+                              "seeds": best["seeds"], **_metrics(best["metrics"])},
+                     "curve": [{k: p[k] for k in ("minutes", "step", "wall_s", "seeds", "score")}
+                               for p in ev["points"]]})
+    floor_rows = {f: {"score": float(r["metrics"][key]), **_metrics(r["metrics"]), "seeds": len(r["seeds"])}
+                  for f, r in floors.items()}
+    title = f"{e.name}: closed-loop success after {sizes.minutes:g} min of CPU training per model"
+    section = curve_section(evals, out / e.name / "report", label, f"Learning curves — {e.name}",
+                            {f: r["score"] for f, r in floor_rows.items()})
+    first = next(iter(evals.values()))
+    report = write_report(out / e.name / "report", results, run_dir=None, extra_sections=[section],
+                          baselines={f"{f} (floor)": dict(r, name=f) for f, r in floors.items()},
+                          media_root=first["last"]["eval_dir"], title=title)
+    summary = {"env": e.spec, "score": key, "score_label": label, "seeds": seeds, "max_steps": e.max_steps,
+               "checkpoint_rule": CHECKPOINT_RULE, "curve_seeds_intermediate": first["seeds_intermediate"],
+               "demos": demos, "tokenizer": tokenizer, "models": rows, "floors": floor_rows, "report": str(report)}
+    summary["targets"] = _verdicts(e.name, rows, floor_rows)
+    return summary
+
+
+def _metrics(m: dict) -> dict:
+    out = {k: m[k] for k in ("dp_score", "success_rate") if k in m}
+    if "per_task" in m:
+        out["per_task"] = {k.split(":", 1)[-1]: v for k, v in m["per_task"].items()}
+    return out
+
+
+def _verdicts(env: str, rows: list[dict], floors: dict) -> dict:
+    by = {r["model"]: r for r in rows}
+    uva = next((r for r in rows if r["model"].startswith("uva") and "action" not in r["model"]), None)
+    out: dict = {}
+    if uva is None:
+        return out
+    best_floor = max((f["score"] for f in floors.values()), default=0.0)
+    out["uva_over_best_floor"] = uva["score"] - best_floor
+    if env == "pusht":
+        out["uva_dp_score_ge_0.5"] = uva["score"] >= 0.5
+        dp = next((r for r in rows if r["model"].startswith("dp")), None)
+        if dp is not None:
+            out["uva_ge_dp"] = uva["score"] >= dp["score"]
+    else:
+        per_task = uva.get("per_task", {})
+        out["uva_success_ge_0.5_each_task"] = bool(per_task) and all(v >= 0.5 for v in per_task.values())
+    action = next((r for r in rows if "action" in r["model"]), None)
+    if action is not None:
+        out["uva_minus_uva_action"] = uva["score"] - action["score"]
+    out["models"] = sorted(by)
+    return out
 
 
 def print_targets(summary: dict) -> None:
     for env, r in summary["envs"].items():
-        m = r["metrics"]
-        head = f"DP score {m['dp_score']:.3f}, success {m['success_rate']:.2f}" if "dp_score" in m else \
-            f"success {m['success_rate']:.2f} " + str({t: round(v or 0.0, 2) for t, v in m.get("per_task", {}).items()})
-        print(f"{env}: {head} after {r['steps']} steps ({r['train_s'] / 60:.1f} min incl. stage 0) — target "
-              f"{'met' if r['met'] else 'not met'}")
-        for name, b in r.get("baselines", {}).items():
-            print(f"    {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in b.items() if isinstance(v, float)))
+        print(f"\n{env} ({r['score_label']}, {len(r['seeds'])} seeds, headline = last checkpoint)")
+        print(f"  {'model':<28}{'score':>7}{'best':>7}{'steps':>8}{'steps/min':>11}  per task")
+        for m in r["models"]:
+            pt = " ".join(f"{k}={v:.2f}" for k, v in m.get("per_task", {}).items())
+            print(f"  {m['model']:<28}{m['score']:>7.3f}{m['best']['score']:>7.3f}{m['steps']:>8}"
+                  f"{m['steps_per_min']:>11.1f}  {pt}")
+        for f, v in r["floors"].items():
+            print(f"  {f + ' (floor)':<28}{v['score']:>7.3f}")
+        print(f"  targets: {r['targets']}")
+        print(f"  report: {r['report']}")
