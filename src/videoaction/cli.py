@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge-shards": ("videoaction.data.hma_tokens", "join the shards of `encode --format hma` (missing ones skipped)"),
     "generate": ("videoaction.generate", "world model: prompt frames + actions -> predicted frames, mp4 [prompt | "
                  "prediction | ground truth]"),
+    "playground": ("videoaction.playground", "drive a world model from the keyboard in a local web page, beside the "
+                   "simulator"),
     "predict": ("videoaction.models.vpp.predict_cli", "VPP: predicted video of an episode next to the ground truth, "
                 "PSNR / SSIM vs copy-last-frame"),
     "train": ("videoaction.train.cli", "train a model from a preset (two stages, accelerate, EMA, exact resume)"),
