@@ -233,3 +233,41 @@ def test_action_guidance_without_language_is_trained_or_refused(store):
     assert losses[1.0][0] != losses[1.0][1]
     assert losses[2.0][0] == losses[2.0][1]
     assert p.sample_actions(cond, cfg=2.0, generator=torch.Generator().manual_seed(0)).shape == (1, 16, A)
+
+
+def test_every_uva_and_dp_preset_pads_for_alignment():
+    from videoaction.config import aligned_padding, all_presets
+
+    checked = 0
+    for name, make in all_presets().items():
+        cfg = make()
+        if cfg.family not in ("uva", "dp"):
+            continue
+        ds = cfg.dataset
+        want = aligned_padding(ds.frames, ds.horizon, ds.frames.last_history, cfg.model.n_action_steps)
+        assert (ds.pad_before, ds.pad_after) == want, name
+        checked += 1
+    assert checked >= 4
+
+
+def test_policy_reports_the_padding_alignment_needs():
+    from videoaction.models.dp.policy import DiffusionPolicy
+    from videoaction.models.uva.policy import UVAPolicy
+
+    assert DiffusionPolicy(_cfg("dp-tiny")).aligned_padding() == (1, 7)
+    assert UVAPolicy(_cfg("uva-tiny"), allow_random_tokenizer=True).aligned_padding() == (15, 9)
+
+
+def test_training_setup_notes_misaligned_padding(store):
+    from videoaction.train.setup import check_policy_fits
+
+    cfg = _cfg("dp-tiny")
+    cfg.dataset.pad_before = 0
+    logs: list[str] = []
+    ds = SequenceDataset(store, cfg.dataset, split="all")
+    check_policy_fits(_policy(cfg, ds), ds, logs.append)
+    assert len(logs) == 1 and "0 / 7" in logs[0] and "1 / 7" in logs[0]
+    cfg = _cfg("dp-tiny")
+    ds = SequenceDataset(store, cfg.dataset, split="all")
+    check_policy_fits(_policy(cfg, ds), ds, logs.append)
+    assert len(logs) == 1  # aligned: nothing to note

@@ -93,6 +93,18 @@ class Policy(nn.Module):
         window position of the newest observation (the action for the step being decided)."""
         return self.history_layout.positions[-1] - self.action_chunk_start
 
+    def aligned_padding(self) -> tuple[int, int] | None:
+        """``(pad_before, pad_after)`` with which training windows cover every step a rollout reaches
+        (:func:`videoaction.config.aligned_padding`); None for a family without a history layout."""
+        from videoaction.config import aligned_padding
+
+        try:
+            layout = self.history_layout
+        except NotImplementedError:
+            return None
+        ds = self.cfg.dataset
+        return aligned_padding(ds.frames, ds.horizon, layout.positions[-1], self.n_action_steps)
+
     def build_normalizer(self, action_dim: int, state_dim: int = 0) -> Normalizer:
         """The policy's normaliser (``action``, and ``state`` when ``state_dim``) in the dataset config's modes;
         identity until :meth:`set_normalizer` copies fitted statistics in."""

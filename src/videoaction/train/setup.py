@@ -271,10 +271,16 @@ def fill_model_sizes(cfg, dataset, log: Log) -> None:
         log(f"model.text.vocabulary: {len(text.vocabulary)} instructions (from the data)")
 
 
-def check_policy_fits(policy, dataset) -> None:
+def check_policy_fits(policy, dataset, log: Log | None = None) -> None:
     if policy.action_dim != dataset.action_dim:
         raise TrainSetupError(f"the model predicts {policy.action_dim}-D actions but {dataset.store.path} key "
                               f"'data/{dataset.cfg.action_key}' holds {dataset.action_dim}-D actions")
+    need = policy.aligned_padding() if hasattr(policy, "aligned_padding") else None
+    have = (dataset.cfg.pad_before, dataset.cfg.pad_after)
+    if log is not None and need is not None and (have[0] < need[0] or have[1] < need[1]):
+        log(f"note: dataset.pad_before / pad_after = {have[0]} / {have[1]}, but {need[0]} / {need[1]} make the "
+            f"training windows cover every step a rollout reaches (episode start included); steps outside are "
+            f"never trained")
 
 
 # ------------------------------------------------------------------------------------------ init

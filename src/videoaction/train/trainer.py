@@ -156,7 +156,7 @@ class Trainer:
             self.dataset, store, getattr(cfg.model, "task_modes", ()), opts.action_free_every, self.log)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.policy = family_class(cfg.family)(cfg)
-        check_policy_fits(self.policy, self.dataset)
+        check_policy_fits(self.policy, self.dataset, self.log)
         check_latent_fit(cfg, self.dataset)
         self.policy.set_normalizer(normalizer)
         if cfg.init and self.resume_from is None:
