@@ -181,3 +181,31 @@ def test_training_runs_directly_from_a_lerobot_folder(v3, tmp_path):
     result = train(cfg, TrainOptions(progress=False, log=lambda msg: None))
     assert result.step == 2 and len(read_metrics(tmp_path / "run")) == 2
     assert all(np.isfinite(m["loss"]) for m in read_metrics(tmp_path / "run"))
+
+
+def test_two_cameras_and_language_tasks_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    src = EpisodeStore.create(tmp_path / "two.zarr", attrs={"fps": 20})
+    tasks = ["pick the cup", "fold the towel", "pick the cup"]
+    for e, task in enumerate(tasks):
+        n = 6 + e
+        t = np.arange(n)[:, None, None, None]
+        src.add_episode({"front": ((t * 9 + np.arange(32)[None, None, :, None] * 4) % 255).repeat(32, 1).repeat(3, 3)
+                         .astype(np.uint8),
+                         "wrist": np.full((n, 16, 16, 3), 40 * e, np.uint8),
+                         "action": rng.normal(size=(n, 3)).astype(np.float32)}, {"language": task})
+    convert(tmp_path / "two.zarr", tmp_path / "lr", to="lerobot", progress=False, target_options={"vcodec": "h264"})
+    info = json.loads((tmp_path / "lr/meta/info.json").read_text())
+    assert info["fps"] == 20 and info["total_tasks"] == 2
+    assert {k for k, v in info["features"].items() if v["dtype"] == "video"} == {"observation.images.front",
+                                                                                    "observation.images.wrist"}
+    eps = pq.read_table(tmp_path / "lr/meta/episodes/chunk-000/file-000.parquet").to_pydict()
+    assert eps["tasks"] == [[t] for t in tasks]
+    frames = pq.read_table(tmp_path / "lr/data/chunk-000/file-000.parquet")
+    assert frames["task_index"].to_pylist() == [0] * 6 + [1] * 7 + [0] * 8
+    back = EpisodeStore.open(tmp_path / "lr")
+    assert back.meta_column("language").tolist() == tasks
+    for key in ("front", "wrist"):
+        a, b = src.to_numpy([key])[key], back.to_numpy([key])[key]
+        assert a.shape == b.shape and psnr(a, b) > 30.0
+    np.testing.assert_array_equal(back.to_numpy(["action"])["action"], src.to_numpy(["action"])["action"])

@@ -41,6 +41,8 @@ def test_umi_zip_reads_jpegxl_frames_and_derives_state_and_action(umi):
     a = shifted.read(1, "action")
     np.testing.assert_array_equal(a[:-2], pose[14:27])
     np.testing.assert_array_equal(a[-2:], pose[[26, 26]])  # clamped inside the episode
+    late = open_source(path, obs_latency_steps=1).read(0, "state")
+    np.testing.assert_array_equal(late, pose[[*range(1, 12), 11]])
 
 
 def test_umi_reader_is_lazy_and_survives_pickling_into_workers(umi):

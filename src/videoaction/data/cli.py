@@ -88,6 +88,7 @@ def add_convert_parser(sub) -> None:
     p.add_argument("--action-rot6d", action="store_true", help="robomimic: absolute pose actions -> 10-d "
                    "(pos, 6-d rotation, gripper), as Diffusion Policy's abs_action loaders")
     p.add_argument("--action-latency-steps", type=int, help="UMI: action = the pose this many steps later")
+    p.add_argument("--obs-latency-steps", type=int, help="UMI: state = the pose this many steps later")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -98,7 +99,8 @@ def run_convert(args) -> int:
     options = {k: v for k, v in (("allow_pickle", args.allow_pickle or None), ("split", args.split),
                                   ("filter_key", args.filter_key), ("absolute_actions", args.absolute_actions or None),
                                   ("action_rot6d", args.action_rot6d or None),
-                                  ("action_latency_steps", args.action_latency_steps)) if v is not None}
+                                  ("action_latency_steps", args.action_latency_steps),
+                                  ("obs_latency_steps", args.obs_latency_steps)) if v is not None}
     target = {"version": args.lerobot_version, "vcodec": args.vcodec} if args.to == "lerobot" else {}
     episodes = read_episode_list(args.episodes) if args.episodes else None
     summary = convert(args.src, args.dst, src_format=args.src_format, to=args.to, episodes=episodes, fps=args.fps,

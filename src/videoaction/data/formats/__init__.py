@@ -23,7 +23,7 @@ FORMATS: dict[str, FormatSpec] = {
     "robomimic": FormatSpec("robomimic", "robomimic / Diffusion Policy hdf5 (data/demo_i/{obs, actions})",
                             robomimic.detect, robomimic.RobomimicSource, options=("filter_key", "action_rot6d")),
     "umi": FormatSpec("umi", "UMI replay buffer (.zarr.zip, JPEG-XL frames, robot0_eef_* keys)", umi.detect,
-                      umi.UmiSource, options=("action_latency_steps",)),
+                      umi.UmiSource, options=("action_latency_steps", "obs_latency_steps")),
     "calvin": FormatSpec("calvin", "CALVIN split folder (episode_XXXXXXX.npz + ep_start_end_ids.npy)",
                          calvin.detect, calvin.CalvinSource, options=("allow_pickle", "split")),
     "rlds": FormatSpec("rlds", "Open X-Embodiment RLDS (TFRecord shards + dataset_info.json / features.json)",

@@ -3,8 +3,9 @@
 Keys (per robot ``i``): ``camera{j}_rgb`` (T, 224, 224, 3) uint8 in JPEG-XL chunks (imagecodecs' numcodecs codec
 ``imagecodecs_jpegxl``, registered here), ``robot{i}_eef_pos`` (T, 3), ``robot{i}_eef_rot_axis_angle`` (T, 3),
 ``robot{i}_gripper_width`` (T, 1), ``robot{i}_demo_start_pose`` / ``_demo_end_pose`` (T, 6); ``meta/episode_ends``.
-Added keys: ``state`` = concat over robots of (eef_pos, eef_rot_axis_angle, gripper_width) (T, 7R), and ``action``
-= the same pose ``action_latency_steps`` later inside the episode (absolute targets, UMI's action convention;
+Added keys: ``state`` = concat over robots of (eef_pos, eef_rot_axis_angle, gripper_width) (T, 7R), read
+``obs_latency_steps`` later (aligns proprio recorded late with the camera frame), and ``action`` = the same pose
+``action_latency_steps`` later inside the episode (absolute targets, UMI's action convention;
 :mod:`videoaction.data.poses` turns windows of them into relative pose9 + gripper actions).
 
 Reading is lazy: each process opens its own ZipStore and decompresses only the chunks a sample needs (no copy of a
@@ -130,11 +131,11 @@ class _UmiFile:
 class UmiSource(EpisodeSource):
     format_name = "umi"
 
-    def __init__(self, path, action_latency_steps: int = 0, **_):
+    def __init__(self, path, action_latency_steps: int = 0, obs_latency_steps: int = 0, **_):
         self.path = Path(path)
         entries = self._entries()
         self.files = [_UmiFile(Path(e["path"])) for e in entries]
-        self.action_latency = int(action_latency_steps)
+        self.action_latency, self.obs_latency = int(action_latency_steps), int(obs_latency_steps)
         base = self.files[0]
         self.raw_keys = sorted(base.arrays)
         for f in self.files[1:]:
@@ -202,7 +203,7 @@ class UmiSource(EpisodeSource):
     def read(self, episode: int, key: str) -> np.ndarray:
         f, s, t = self._index[episode]
         if key == "state":
-            return self._pose(f, s, t)
+            return latency_shift(self._pose(f, s, t), self.obs_latency)
         if key == "action":
             return latency_shift(self._pose(f, s, t), self.action_latency)
         try:
