@@ -102,14 +102,14 @@ def _breakdown(preset: str, policy, obs, device: str, iters: int, warmup: int, l
     """Component times (p50 ms): preprocessing + image/proprio encoding, and one U-Net denoising pass."""
     m = policy.mcfg
     with torch.inference_mode():
-        image, state = policy._prepare_obs(obs)
-        cond = policy._global_cond(image, state)
+        h = policy.history_inputs(obs)
+        cond = policy._global_cond(h["image"], h.get("state"))
     traj = torch.randn(1, policy.horizon, m.action_dim, device=policy.device)
     t = torch.tensor(50, device=policy.device)
 
     def encode():
-        img, st = policy._prepare_obs(obs)
-        return policy._global_cond(img, st)
+        h = policy.history_inputs(obs)
+        return policy._global_cond(h["image"], h.get("state"))
 
     parts = {"encode_ms": encode, "unet_step_ms": lambda: policy.model(traj, t, cond)}
     rec = {"model": "dp", "benchmark": "dp_latency_breakdown", "preset": preset, "device": device,
