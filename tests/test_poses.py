@@ -92,3 +92,22 @@ def test_action10_and_shape_errors():
     assert a.shape == (5, 10) and np.all(a[:, -1] == 1)
     with pytest.raises(VideoActionError, match=r"\(\.\.\., 3\)"):
         poses.axis_angle_to_matrix(np.zeros((4, 4)))
+
+
+def test_umi_layout_relative_actions_round_trip_for_two_robots():
+    rng = np.random.default_rng(5)
+    t = 6
+
+    def arm():
+        return np.concatenate([rng.normal(size=(t, 3)), Rotation.random(t, random_state=rng.integers(1 << 30))
+                               .as_rotvec(), rng.uniform(0, 0.08, (t, 1))], -1)
+
+    state, action = np.concatenate([arm(), arm()], -1), np.concatenate([arm(), arm()], -1)
+    proprio, rel = poses.relative_pose_gripper(state, action, current=3)
+    assert proprio.shape == (t, 20) and rel.shape == (t, 20)
+    np.testing.assert_allclose(proprio[3, :9], [0, 0, 0, 1, 0, 0, 0, 1, 0], atol=1e-12)  # robot 0 at "now"
+    np.testing.assert_allclose(proprio[3, 10:19], [0, 0, 0, 1, 0, 0, 0, 1, 0], atol=1e-12)  # robot 1 at "now"
+    np.testing.assert_allclose(rel[:, 9], action[:, 6])  # gripper widths stay absolute
+    np.testing.assert_allclose(poses.absolute_pose_gripper(rel, state[3]), action, atol=1e-9)
+    with pytest.raises(VideoActionError):
+        poses.relative_pose_gripper(state[:, :8], action[:, :8])

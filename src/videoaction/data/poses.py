@@ -194,3 +194,36 @@ def action10(pose9: np.ndarray, gripper_width: np.ndarray) -> np.ndarray:
     if gripper_width.shape[-1:] != (1,):
         gripper_width = gripper_width[..., None]
     return np.concatenate([pose9, gripper_width], axis=-1)
+
+
+def relative_pose_gripper(state: np.ndarray, action: np.ndarray, current: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """A window of UMI-layout arrays in the relative convention.
+
+    ``state`` (T, 7R) and ``action`` (Ta, 7R) hold per robot (position 3, axis-angle 3, gripper width 1), absolute
+    (what :mod:`videoaction.data.formats.umi` reads). Returns proprio (T, 10R) and actions (Ta, 10R): per robot
+    pose9 relative to that robot's pose at ``current`` plus the (absolute) gripper width, UVA/UMI's 10-d layout.
+    """
+    state = np.asarray(state, dtype=np.float64)
+    action = np.asarray(action, dtype=np.float64)
+    if state.shape[-1] % 7 or action.shape[-1] != state.shape[-1]:
+        raise VideoActionError(f"relative_pose_gripper: expected (T, 7R) state and action, found {state.shape} "
+                               f"and {action.shape}")
+    proprio, acts = [], []
+    for r in range(state.shape[-1] // 7):
+        s, a = state[:, 7 * r: 7 * r + 7], action[:, 7 * r: 7 * r + 7]
+        rel = relative_window(s[:, :3], s[:, 3:6], a[:, :6], current=current)
+        proprio.append(action10(rel["proprio"], s[:, 6:7]))
+        acts.append(action10(rel["action"], a[:, 6:7]))
+    return np.concatenate(proprio, -1), np.concatenate(acts, -1)
+
+
+def absolute_pose_gripper(rel_action: np.ndarray, current_state: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`relative_pose_gripper` for actions: (Ta, 10R) relative + the current (7R,) state ->
+    (Ta, 7R) absolute targets (position, axis-angle, gripper width) a robot controller executes."""
+    rel_action = np.asarray(rel_action, dtype=np.float64)
+    current_state = np.asarray(current_state, dtype=np.float64)
+    out = []
+    for r in range(current_state.shape[-1] // 7):
+        a = rel_action[:, 10 * r: 10 * r + 10]
+        out.append(np.concatenate([absolute_actions(a[:, :9], current_state[7 * r: 7 * r + 6]), a[:, 9:10]], -1))
+    return np.concatenate(out, -1)

@@ -32,6 +32,7 @@ def _frame_file(root: Path, i: int) -> Path:
 
 class CalvinSource(EpisodeSource):
     format_name = "calvin"
+    lazy_frames = True  # one file per frame: a sample reads only its frames
 
     def __init__(self, path, allow_pickle: bool = False, split: str = "episodes", **_):
         self.path = root = Path(path)
@@ -60,7 +61,6 @@ class CalvinSource(EpisodeSource):
         self.meta = {"language": texts, "frame_start": [s for s, _ in ranges]}
         self.attrs = {"split": split}
         self.fps = 30.0
-        self._episode_cache: tuple[int, dict] | None = None
 
     def _language(self, allow_pickle: bool, required: bool):
         f = self.path / LANG_FILE
@@ -90,29 +90,28 @@ class CalvinSource(EpisodeSource):
                 return str(text)
         return ""
 
-    def _load_frame(self, i: int) -> dict[str, np.ndarray]:
+    def _load_frame(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The arrays of frame ``i`` (only ``keys`` when given: an npz member is read only when accessed)."""
         f = _frame_file(self.path, i)
         if not f.is_file():
             raise FormatError(self.path, "frame file missing", key=f.name)
         try:
             with np.load(f, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+                missing = [k for k in (keys or []) if k not in z.files]
+                if missing:
+                    raise FormatError(self.path, "frame lacks a key", key=f"{f.name}:{missing[0]}",
+                                      expected=f"keys {sorted(self.inverse.values())}", found=sorted(z.files))
+                return {k: z[k] for k in (keys or z.files)}
         except (ValueError, OSError, EOFError) as exc:
             raise FormatError(self.path, f"unreadable frame ({type(exc).__name__}: {exc}); truncated file?",
                               key=f.name) from None
 
-    def _episode(self, episode: int) -> dict[str, np.ndarray]:
-        if self._episode_cache is not None and self._episode_cache[0] == episode:
-            return self._episode_cache[1]
+    def read_rows(self, episode: int, key: str, rows: np.ndarray) -> np.ndarray:
         s, e = self.ranges[episode]
-        frames = [self._load_frame(i) for i in range(s, e + 1)]
-        out = {}
-        for key, raw in self.inverse.items():
-            if any(raw not in fr for fr in frames):
-                raise FormatError(self.path, "frame lacks a key", key=raw, expected=f"in every frame {s}..{e}")
-            out[key] = self.check_array(np.stack([fr[raw] for fr in frames]), key, raw, e - s + 1)
-        self._episode_cache = (episode, out)
-        return out
+        raw = self.inverse[key]
+        frames = [self._load_frame(s + int(r), [raw])[raw] for r in rows]
+        return self.check_array(np.stack(frames), key, raw, len(rows))
 
     def read(self, episode: int, key: str) -> np.ndarray:
-        return self._episode(episode)[key]
+        s, e = self.ranges[episode]
+        return self.read_rows(episode, key, np.arange(e - s + 1))
