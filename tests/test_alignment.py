@@ -141,8 +141,23 @@ def test_shift_action_false_is_not_executed(store):
     assert p.action_chunk_start == 16 and p.execute_from == -1  # targets start one step after the newest frame
     hist = ObservationHistory(p.n_obs_steps, action_dim=A)
     hist.reset({"image": store.get_episode(EP)["img"][0], "state": np.zeros(2, np.float32)})
-    with pytest.raises(VideoActionError, match="shift_action"):
-        p.predict_action({k: v[None] for k, v in hist.stacked().items()})
+    obs = {k: v[None] for k, v in hist.stacked().items()}
+    for fn in (p.predict_action, p.plan):
+        with pytest.raises(VideoActionError, match="shift_action"):
+            fn(obs)
+    # it trains on the actions after the newest frame: a_t (window position 15) is no target, a_{t+1} is
+    with torch.no_grad():
+        for q in p.model.diffactloss.net.parameters():
+            q.add_(torch.randn_like(q) * 0.05)
+    batch = default_collate([ds[_window_at(ds, EP, 20, 15)]])
+
+    def loss(pos=None):
+        b = dict(batch, action=batch["action"].clone())
+        if pos is not None:
+            b["action"][:, pos] += 1.0
+        return float(p.compute_loss(b, torch.Generator().manual_seed(0), mode="policy_model").loss.detach())
+
+    assert loss(15) == loss() != loss(16)
 
 
 def test_history_actions_exclude_the_target_and_map_unknown_to_a_token(store):

@@ -211,17 +211,21 @@ class UVAPolicy(UVASamplingMixin, Policy):
         ``num_steps`` override the head's configured sampler (e.g. ``"ddim"``, 16). The first action is for the
         step of the newest observation, so ``model.shift_action`` False (targets start one step later) is refused.
         """
-        if not self.cfg.model.shift_action:
-            raise VideoActionError(
-                "predict_action: this UVA model was trained with model.shift_action False, so its first predicted "
-                f"action is for the step after the newest observation (window position {self.action_start}, the "
-                f"newest frame is at {self.h_last}); executing it now would act one step late. Train with "
-                "model.shift_action True for closed-loop control (predict_video / inverse_dynamics still work)")
+        self._check_executable("predict_action")
         cond = self.condition(obs)
         a = self.sample_actions(cond, temperature=temperature, cfg=cfg, sampler=sampler, num_steps=num_steps,
                                 generator=generator)
         a = self.normalizer.unnormalize("action", a)
         return {"action": a[:, : self.n_action_steps], "action_pred": a}
+
+    def _check_executable(self, what: str) -> None:
+        """Refuse to return actions to execute when the first predicted one is not for the newest frame's step."""
+        if self.execute_from != 0:
+            raise VideoActionError(
+                f"{what}: this UVA model was trained with model.shift_action False, so its first predicted action "
+                f"is for the step after the newest observation (window position {self.action_start}, the newest "
+                f"frame is at {self.h_last}); executing it now would act one step late. Train with "
+                "model.shift_action True for closed-loop control (predict_video / inverse_dynamics still work)")
 
     @torch.no_grad()
     def predict_state(self, obs: Mapping[str, Any], *, sampler: str | None = None, num_steps: int | None = None,
@@ -286,6 +290,7 @@ class UVAPolicy(UVASamplingMixin, Policy):
         """Policy + planner (full_dynamic_model): future video and actions together."""
         if not self.cfg.model.predict_action:
             raise VideoActionError("plan: this UVA model has no action head (model.predict_action is False)")
+        self._check_executable("plan")
         cond = self.condition(obs)
         out = self.sample_video(cond, None, num_iter=num_iter, cfg=cfg, temperature=temperature, joint=True,
                                 generator=generator)
