@@ -3,7 +3,8 @@
 Sections (JSON keys): ``latency`` (action-chunk latency at batch 1, p50/p90, per model / preset / sampler),
 ``training`` (samples/s per family and preset; UVA with and without the latent cache), ``data`` (data-loader
 throughput, demo generators), ``serve`` (loopback server load), ``machine``. ``--quick`` runs the reduced set CI
-affords; ``--quality`` additionally trains both families for the same wall-clock budget and evaluates them.
+affords; ``--quality`` additionally trains both families for the same wall-clock budget and evaluates them;
+``--gpu`` is a run of its own: paper-size UVA and DP-C on one GPU within 8 minutes (``benchmarks.gpu``).
 Ratios are printed from numbers taken in this same run (the machine is shared and noisy).
 """
 
@@ -74,10 +75,16 @@ def print_tables(report: dict) -> None:
         ok = "meets" if r["ratio_p50"] <= r["target"] else "misses"
         print(f"  [{r['scale']}] {r['comparison']}: {r['ratio_p50']:.3f} ({ok} target <= {r['target']})")
     if report.get("training"):
-        print("\ntraining throughput")
+        print("\ntraining throughput (samples per CPU-second on a CPU: one thread, load-independent)")
         for r in report["training"]:
             extra = "  latent cache" if r.get("latent_cache") else ""
-            print(f"  {r['model']:<6}{r['preset']:<12}{r['samples_per_s']:>10.1f} samples/s{extra}")
+            extra += f"  ({r['tokenizer']} at {r['image_size']} px)" if r.get("setting") else ""
+            per_cpu = f"{r['samples_per_cpu_s']:>9.1f} per CPU-s" if "samples_per_cpu_s" in r else ""
+            print(f"  {r['model']:<6}{r['preset']:<12}{r['samples_per_s']:>10.1f} samples/s{per_cpu}{extra}")
+    for r in report.get("training_ratios", []):
+        verdict = "" if r["target"] is None else \
+            f" ({'meets' if r['ratio'] >= r['target'] else 'misses'} target >= {r['target']})"
+        print(f"  {r['comparison']}: {r['ratio']:.2f}{verdict}")
 
 
 def main(argv: list[str]) -> int:
@@ -96,7 +103,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--targets-minutes", type=float, default=60.0, help="training budget per environment")
     parser.add_argument("--targets-envs", nargs="+", default=["pusht", "metaworld"], choices=["pusht", "metaworld"])
     parser.add_argument("--threads", type=int, help="torch threads (e.g. 1 to run two benchmarks side by side)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="paper-size UVA and DP-C on the GPU in one run of <= 8 min (benchmarks/gpu.sh): latency "
+                             "(eager, CUDA graph, torch.compile), training samples/s with and without the latent "
+                             "cache; writes OUT and OUT with .md. Without CUDA: tiny presets, a smoke test")
+    parser.add_argument("--gpu-budget-s", type=float, help="--gpu: time budget of the whole run in seconds")
     args = parser.parse_args(argv)
+
+    if args.gpu:  # one device run of its own
+        from videoaction.benchmarks.gpu import main as gpu_main
+
+        return gpu_main(["--out", args.out] + (["--budget-s", str(args.gpu_budget_s)] if args.gpu_budget_s else []))
 
     if args.targets:  # a long experiment of its own: nothing else runs beside it
         from videoaction.benchmarks.targets import QUICK, TargetSizes, print_targets, run_targets
@@ -132,6 +149,10 @@ def main(argv: list[str]) -> int:
             else:
                 report[section] = result
     report["ratios"] = ratios(report["latency"])
+    if report["training"]:
+        from videoaction.benchmarks.training import training_ratios
+
+        report["training_ratios"] = training_ratios(report["training"])
     if args.quality:
         from videoaction.benchmarks.quality import run_quality
 

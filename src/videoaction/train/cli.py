@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from videoaction.config import get_preset, load_run_config, parse_overrides
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 EPILOG = ("All other flags are run-config fields (tyro): --data PATH --out DIR --steps N --save-every K --log-every K "
           "--eval-every K --keep-last K --resume --init DIR --seed S --device auto|cpu|cuda --optim.batch-size B "
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --eval-every K: predicted-video grids and metrics on held-out windows "
                         "(videoaction.eval.evaluate_video; video models only) every K steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl still written)")
+    p.add_argument("--latent-cache", default="auto", choices=["auto", "off"],
+                   help="auto: a model with a frozen tokenizer encodes the image store once into OUT/latents.zarr and "
+                        "trains on the latents (when its frame transform is deterministic); off: encode every step")
     return p
 
 
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                         action_free_every=args.action_free_every, tokenizer_steps=args.tokenizer_steps,
                         tokenizer_batch_size=args.tokenizer_batch_size, report_to=args.report_to,
                         best_metric=args.best_metric, best_mode=args.best_mode, val_batches=args.val_batches,
-                        progress=not args.no_progress, eval_fn=_eval_fn(args, cfg))
+                        progress=not args.no_progress, eval_fn=_eval_fn(args, cfg), latent_cache=args.latent_cache)
     result = train(cfg, opts)
     if result.losses and result.is_main:
         print(f"done: step {result.step}, last loss {result.losses[-1]:.4f}; checkpoint {result.checkpoint}")
