@@ -190,6 +190,7 @@ def test_train_both_stages_then_predict(tmp_path):
     sd1, sd2 = stage1.state_dict(), policy.state_dict()
     assert all(torch.equal(sd1[k], sd2[k]) for k in sd1 if k.startswith(("tvp.", "text.")))  # frozen in stage 2
     assert policy.observation_spec()["image"].shape == (1, 32, 32, 3) and policy.metadata()["language"]
+    assert (policy.n_obs_steps, policy.action_chunk_start, policy.execute_from) == (1, 0, 0)
     obs = {"image": np.random.default_rng(0).integers(0, 255, (2, 1, 32, 32, 3), dtype=np.uint8),
            "language": list(INSTRUCTIONS)}
     out = policy.predict_action(obs, generator=torch.Generator().manual_seed(0))

@@ -25,6 +25,7 @@ from videoaction.data.normalizer import Normalizer
 from videoaction.data.transforms import preprocess_frames
 from videoaction.errors import ConfigError, VideoActionError
 from videoaction.models.base import LossOutput, ObsSpec, Policy
+from videoaction.models.observation import HistoryLayout
 from videoaction.models.vpp.action_head import ActionHead
 from videoaction.models.vpp.config import VPPRunConfig
 from videoaction.models.vpp.features import extract_features, feature_layout
@@ -115,6 +116,15 @@ class VPPPolicy(Policy):
             self.tvp.eval()
             self.text.eval()
         return self
+
+    @property
+    def history_layout(self) -> HistoryLayout:
+        """The current frame only (and the instruction)."""
+        return HistoryLayout((0,), 1, language=self.cfg.model.text.kind != "none")
+
+    @property
+    def action_chunk_start(self) -> int:
+        return 0  # action_pred[:, 0] is the action at the observed frame
 
     def observation_spec(self) -> dict[str, ObsSpec]:
         s = self.cfg.model.obs_image_size
