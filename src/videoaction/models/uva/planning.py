@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 
 def _as_tensor(x, dtype=None) -> torch.Tensor:
