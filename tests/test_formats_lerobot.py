@@ -136,6 +136,8 @@ def test_conversion_resumes_after_an_interruption(store, tmp_path):
     w = LeRobotWriter(staged, 10, ["img"], {k: src.spec(k) for k in src.keys}, vcodec="h264")
     w.add_episode(0, src.get_episode(0), ["t"])
     (staged / ".staging/.tmp_episode_000001").mkdir()  # a half-written episode is ignored
+    with pytest.raises(FormatError, match="other settings"):  # resuming with another codec would mix them
+        convert(store, staged, to="lerobot", progress=False, target_options={"vcodec": "libsvtav1"})
     assert convert(store, staged, to="lerobot", progress=False,
                    target_options={"vcodec": "h264"})["resumed_at"] == 1
     assert json.loads((staged / "meta/info.json").read_text())["total_episodes"] == 4

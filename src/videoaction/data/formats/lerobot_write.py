@@ -98,8 +98,13 @@ class LeRobotWriter:
         self.specs = {k: (tuple(s), np.dtype(d)) for k, (s, d) in specs.items()}
         self.key_map = {k: lerobot_name(k, k in self.image_keys) for k in self.specs}
         self.robot_type, self.vcodec, self.crf, self.g = robot_type, vcodec, crf, g
-        (self.staging / "plan.json").write_text(json.dumps({"fps": self.fps, "version": version,
-                                                            "key_map": self.key_map}))
+        plan = {"fps": self.fps, "version": version, "key_map": self.key_map, "vcodec": vcodec}
+        plan_file = self.staging / "plan.json"
+        if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
+            raise FormatError(self.root, "an unfinished conversion with other settings is staged here; resume it "
+                              "with the same options or pick a new path", key=".staging/plan.json",
+                              expected=json.loads(plan_file.read_text()), found=plan)
+        plan_file.write_text(json.dumps(plan))
 
     def staged(self) -> int:
         """Episodes already staged completely (an interrupted run resumes after them)."""
