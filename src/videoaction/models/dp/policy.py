@@ -171,9 +171,9 @@ def _validate(cfg: DPRunConfig) -> None:
         raise ConfigError(f"DP run config: dataset.frames must give the {m.n_obs_steps} observed frames "
                           f"(n_history={m.n_obs_steps}, n_future=0), found n_history={d.frames.n_history}, "
                           f"n_future={d.frames.n_future}")
-    if m.n_obs_steps - 1 + m.n_action_steps > d.horizon:
-        raise ConfigError(f"DP run config: n_obs_steps - 1 + n_action_steps = {m.n_obs_steps - 1 + m.n_action_steps} "
-                          f"exceeds dataset.horizon={d.horizon}")
+    if d.frames.last_history + m.n_action_steps > d.horizon:  # executed actions start at the newest frame
+        raise ConfigError(f"DP run config: the newest observed frame (window position {d.frames.last_history}) + "
+                          f"n_action_steps {m.n_action_steps} exceeds dataset.horizon={d.horizon}")
     factor = 2 ** (len(m.down_dims) - 1)
     if d.horizon % factor:
         raise ConfigError(f"DP run config: dataset.horizon={d.horizon} must be divisible by {factor} "
