@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from videoaction.config import from_dict, to_dict
-from videoaction.data.errors import ConfigError
+from videoaction.errors import ConfigError
 from videoaction.data.normalizer import Normalizer
 from videoaction.data.transforms import preprocess_frames
 from videoaction.models.base import load_policy

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from videoaction.data.errors import StoreError
+from videoaction.errors import StoreError
 from videoaction.data.store import EpisodeStore
 
 

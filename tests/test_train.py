@@ -118,7 +118,7 @@ def test_dp_family_trains_through_the_same_loop(data, tmp_path):
 
 
 def test_existing_run_needs_resume(data, tmp_path):
-    from videoaction.data.errors import VideoActionError
+    from videoaction.errors import VideoActionError
 
     run = tmp_path / "run"
     train(uva_cfg(data, run, "--steps", "1"), QUIET)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from videoaction.config import get_preset, parse_overrides
-from videoaction.data.errors import StoreError, VideoActionError
+from videoaction.errors import StoreError, VideoActionError
 from videoaction.train.setup import TrainSetupError
 from videoaction.train.synthetic import TINY_UVA, make_store, tiny_tokenizer
 from videoaction.train.trainer import TrainError, TrainOptions, train

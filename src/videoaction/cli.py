@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"videoaction: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    from videoaction.data.errors import VideoActionError
+    from videoaction.errors import VideoActionError
 
     try:
         code = module.main(rest)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 
 def run_quality(out: Path, minutes: float = 30.0, data: str | None = None, quick: bool = False,

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 
 def _batch_size(obs: Mapping[str, np.ndarray]) -> int:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.utils.io import atomic_path
 
 

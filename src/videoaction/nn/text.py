@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 KINDS = ("none", "task_embedding", "clip", "sentence")
 

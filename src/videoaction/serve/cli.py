@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 
 def build_parser() -> argparse.ArgumentParser:

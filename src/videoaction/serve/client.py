@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.serve.protocol import RequestError, ServerError, packb, unpackb
 
 __all__ = ["PolicyClient", "ServerError", "AuthenticationError", "ServerUnavailable"]

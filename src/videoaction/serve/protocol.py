@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import msgpack
 import numpy as np
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 MAX_NDIM = 8
 MAX_STR_LEN = 4096  # characters of a string observation (a language instruction)

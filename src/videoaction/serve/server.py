@@ -30,7 +30,7 @@ import torch
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.models.base import Policy
 from videoaction.serve.protocol import STRING_DTYPES, RequestError, decode_request, packb, spec_from_metadata
 

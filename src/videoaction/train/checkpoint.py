@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.utils.io import atomic_write_bytes, atomic_write_json, load_state_dict, save_state_dict
 
 CHECKPOINTS = "checkpoints"

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 METRICS_FILE = "metrics.jsonl"
 REPORTERS = ("none", "tensorboard", "wandb")

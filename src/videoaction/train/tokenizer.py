@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 from videoaction.data.store import EpisodeStore
 from videoaction.data.transforms import crop_resize, to_unit_float
 from videoaction.nn.tokenizer import SmallAutoencoder, TokenizerConfig, save_tokenizer

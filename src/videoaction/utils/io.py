@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 
 _UMASK = os.umask(0)

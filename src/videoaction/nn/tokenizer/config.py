@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from videoaction.data.errors import VideoActionError
+from videoaction.errors import VideoActionError
 
 KL16_SCALE = 0.2325  # MAR's "normalise latent std to 1" factor for kl16 (uva.md §3)
 
