@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -177,10 +179,14 @@ def test_train_both_stages_then_predict(tmp_path):
     from videoaction.train.trainer import TrainOptions, train
 
     store = make_lang_store(tmp_path / "s.zarr", n_episodes=4, length=16)
-    s1 = parse_overrides(get_preset("vpp-tiny-video"), _overrides(store, tmp_path / "s1") + [
-        "--dataset.frames.n-future", "3", "--dataset.horizon", "7", "--dataset.pad-after", "6"])
-    r1 = train(s1, TrainOptions(progress=False, val_batches=0))
-    assert r1.step == 2 and np.isfinite(r1.losses).all()
+    from videoaction.cli import main
+
+    assert main(["train", "--preset", "vpp-tiny-video", "--no-progress", "--val-batches", "0"]
+                + _overrides(store, tmp_path / "s1")
+                + ["--dataset.frames.n-future", "3", "--dataset.horizon", "7", "--dataset.pad-after", "6"]) == 0
+    metrics = [json.loads(line) for line in (tmp_path / "s1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics if "video_loss" in r] == [1, 2]
+    assert all(np.isfinite(r["video_loss"]) and np.isfinite(r["vae_loss"]) for r in metrics if "video_loss" in r)
     s2 = parse_overrides(get_preset("vpp-tiny"), _overrides(store, tmp_path / "s2") + ["--init", str(tmp_path / "s1")])
     r2 = train(s2, TrainOptions(progress=False, val_batches=0))
     assert r2.step == 2 and np.isfinite(r2.losses).all()
@@ -199,6 +205,8 @@ def test_train_both_stages_then_predict(tmp_path):
     assert torch.allclose(out["action_pred"], again["action_pred"])  # save / load round trip
     with pytest.raises(Exception, match="language"):
         policy.predict_action({"image": obs["image"]})
+    with pytest.raises(Exception, match="not action-conditioned"):
+        policy.predict_video(obs, actions=None)
     from videoaction.models.vpp.latency import STAGES, stage_latency
 
     ms = stage_latency(policy, obs, repeats=1, warmup=0, steps=2)

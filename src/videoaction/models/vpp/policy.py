@@ -231,11 +231,16 @@ class VPPPolicy(Policy):
         return {"action": a[:, : self.n_action_steps], "action_pred": a}
 
     @torch.no_grad()
-    def predict_video(self, first_frame, language, *, steps: int | None = None, guidance_max: float | None = None,
-                      guidance_min: float | None = None, generator: torch.Generator | None = None,
-                      decode: bool = True) -> dict[str, torch.Tensor]:
+    def predict_video(self, first_frame, language=None, *, steps: int | None = None,
+                      guidance_max: float | None = None, guidance_min: float | None = None,
+                      generator: torch.Generator | None = None, decode: bool = True,
+                      **unsupported) -> dict[str, torch.Tensor]:
         """First frame uint8 (B, H, W, 3) or (B, 1, H, W, 3) + instructions -> ``latent`` (B, F, C, h, w) and
         ``frames`` uint8 (B, F, S, S, 3) (frame 0 is the input, reconstructed by the VAE)."""
+        if isinstance(first_frame, Mapping) or unsupported:
+            raise VideoActionError("VPP predict_video takes (first_frame, language), not an observation dict with "
+                                   "actions (VPP's video model is not action-conditioned); see `videoaction predict`; "
+                                   f"unsupported arguments: {sorted(unsupported)}")
         img = torch.as_tensor(np.asarray(first_frame)) if not isinstance(first_frame, torch.Tensor) else first_frame
         if img.ndim == 4:
             img = img[:, None]
