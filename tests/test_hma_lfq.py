@@ -72,3 +72,5 @@ def test_tiny_lfq_trains():
     tok = LFQTokenizer(tiny_lfq_config(z_channels=8))
     curve = fit_lfq(tok, frames, steps=60, batch_size=16, lr=2e-3)
     assert sum(curve[-10:]) / 10 < 0.5 * sum(curve[:5]) / 5
+    ids = tok.encode_ids(frames)  # the codes carry the frame: no collapse to one id pattern per position
+    assert (ids != ids[:1]).any(0).float().mean() > 0.5 and len(ids.unique()) > 16
