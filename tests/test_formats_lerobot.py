@@ -211,3 +211,60 @@ def test_two_cameras_and_language_tasks_round_trip(tmp_path):
         a, b = src.to_numpy([key])[key], back.to_numpy([key])[key]
         assert a.shape == b.shape and psnr(a, b) > 30.0
     np.testing.assert_array_equal(back.to_numpy(["action"])["action"], src.to_numpy(["action"])["action"])
+
+
+def test_reads_a_hand_written_v21_dataset_with_image_bool_and_string_features(tmp_path):
+    """A dataset as LeRobot v2.1 writes it (images embedded as PNG structs, bool and string columns), no key map."""
+    import io
+
+    from PIL import Image
+
+    root = tmp_path / "hand"
+    (root / "meta").mkdir(parents=True)
+    (root / "data/chunk-000").mkdir(parents=True)
+    features = {
+        "observation.image": {"dtype": "image", "shape": [3, 8, 8], "names": ["channels", "height", "width"]},
+        "observation.state": {"dtype": "float32", "shape": [2], "names": ["x", "y"]},
+        "next.done": {"dtype": "bool", "shape": [1], "names": None},
+        "language_instruction": {"dtype": "string", "shape": [1], "names": None},
+        "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+        "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+        "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+        "index": {"dtype": "int64", "shape": [1], "names": None},
+        "task_index": {"dtype": "int64", "shape": [1], "names": None},
+    }
+    info = {"codebase_version": "v2.1", "robot_type": "koch", "total_episodes": 2, "total_frames": 7,
+            "total_tasks": 1, "total_videos": 0, "total_chunks": 1, "chunks_size": 1000, "fps": 30,
+            "splits": {"train": "0:2"},
+            "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+            "video_path": None, "features": features}
+    (root / "meta/info.json").write_text(json.dumps(info))
+    (root / "meta/tasks.jsonl").write_text(json.dumps({"task_index": 0, "task": "grasp"}) + "\n")
+    (root / "meta/episodes.jsonl").write_text("".join(json.dumps({"episode_index": e, "tasks": ["grasp"], "length": n})
+                                                      + "\n" for e, n in ((0, 3), (1, 4))))
+    images = {}
+    for e, n in ((0, 3), (1, 4)):
+        imgs = [np.full((8, 8, 3), 30 * e + i, np.uint8) for i in range(n)]
+        images[e] = np.stack(imgs)
+        pngs = []
+        for img in imgs:
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            pngs.append({"bytes": buf.getvalue(), "path": None})
+        table = pa.table({
+            "observation.image": pa.array(pngs, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            "observation.state": pa.array([[float(i), -float(i)] for i in range(n)], pa.list_(pa.float32(), 2)),
+            "next.done": pa.array([i == n - 1 for i in range(n)]),
+            "language_instruction": pa.array(["grasp"] * n),
+            "timestamp": pa.array(np.arange(n, dtype=np.float32) / 30),
+            "frame_index": pa.array(np.arange(n)), "episode_index": pa.array([e] * n),
+            "index": pa.array(np.arange(n) + 3 * e), "task_index": pa.array([0] * n)})
+        pq.write_table(table, root / f"data/chunk-000/episode_{e:06d}.parquet")
+    store = EpisodeStore.open(root)
+    assert store.keys == ["next.done", "observation.image", "observation.state"]
+    assert store.spec("observation.image") == ((8, 8, 3), np.dtype(np.uint8))
+    np.testing.assert_array_equal(store.get_episode(1)["observation.image"], images[1])
+    np.testing.assert_array_equal(store.get_episode(1)["next.done"][:, 0], [False, False, False, True])
+    np.testing.assert_array_equal(store.get_episode(0)["observation.state"][:, 1], [0.0, -1.0, -2.0])
+    assert store.meta_column("language").tolist() == ["grasp", "grasp"]
+    assert store.attrs["robot_type"] == "koch" and store.attrs["fps"] == 30
