@@ -1,4 +1,4 @@
-"""``videoaction predict``: a VPP video prediction next to the ground truth, with PSNR / SSIM against copy-last-frame."""
+"""``videoaction predict``: a VPP video prediction next to the ground truth, PSNR / SSIM against copy-last-frame."""
 
 from __future__ import annotations
 

@@ -157,7 +157,8 @@ def test_edm_preconditioning_matches_the_reference_formulas():
     cfg = get_preset("vpp-base-video").model
     s = svd_scheduler(cfg)
     s.set_timesteps(20)
-    assert float(s.sigmas[0]) == pytest.approx(700.0, rel=1e-4) and float(s.sigmas[-2]) == pytest.approx(0.002, rel=1e-3)
+    assert float(s.sigmas[0]) == pytest.approx(700.0, rel=1e-4)
+    assert float(s.sigmas[-2]) == pytest.approx(0.002, rel=1e-3)
     assert float(s.timesteps[0]) == pytest.approx(np.log(700.0) / 4, rel=1e-4)  # c_noise = ln(sigma) / 4
 
 
@@ -180,7 +181,8 @@ def test_loads_a_diffusers_svd_folder(tmp_path):
     unet, vae = _save_tiny_svd(tmp_path / "svd")
     ucfg, vcfg = UNetConfig(), VAEConfig()  # SVD defaults, overwritten by the folder's layout
     u2, v2 = load_svd(tmp_path / "svd", ucfg, vcfg)
-    assert ucfg.block_out_channels == (32, 64, 64) and ucfg.cross_attention_dim == 64 and vcfg.block_out_channels == (32, 32, 64)
+    assert ucfg.block_out_channels == (32, 64, 64) and ucfg.cross_attention_dim == 64
+    assert vcfg.block_out_channels == (32, 32, 64)
     for a, b in ((unet, u2), (vae, v2)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

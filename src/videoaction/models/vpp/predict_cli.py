@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode", type=int, required=True)
     p.add_argument("--start", type=int, default=0, help="first step of the clip")
     p.add_argument("--instruction", help="instruction (default: the episode's language metadata)")
+    p.add_argument("--stride", type=int, help="steps between frames (default: the training stride; stage-2 runs: 2)")
     p.add_argument("--steps", type=int, help="sampling steps (default: model.sample_steps)")
     p.add_argument("--guidance", type=float, help="max classifier-free guidance (default: model.guidance_max)")
     p.add_argument("--seed", type=int, default=0)
@@ -48,8 +49,14 @@ def clip_frames(store, episode: int, key: str, start: int, n: int, stride: int) 
     return np.asarray(frames[idx])
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """(B, F, 3, S, S) in [-1, 1] -> uint8 (B, F, S, S, 3)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
+
+
 def predict_episode(policy, store, episode: int, start: int = 0, instruction: str | None = None,
-                    steps: int | None = None, guidance: float | None = None, seed: int = 0) -> dict:
+                    steps: int | None = None, guidance: float | None = None, seed: int = 0,
+                    stride: int | None = None) -> dict:
     """Prediction, ground truth (model resolution) and metrics of one clip; see the module docstring."""
     from videoaction.eval.metrics import psnr, ssim
 
@@ -68,17 +75,16 @@ def predict_episode(policy, store, episode: int, start: int = 0, instruction: st
             instruction = str(store.episode_meta(episode)[ds.language_key])
         else:
             instruction = ""
-    stride = ds.frames.stride if ds.frames.n_future else 2
+    stride = stride or (ds.frames.stride if ds.frames.n_future else 2)
     raw = clip_frames(store, episode, ds.image_key, start, m.num_frames, stride)
     gt = policy.preprocess(torch.from_numpy(raw)[None])  # (1, F, 3, S, S) in [-1, 1]
-    to_u8 = lambda x: ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2)  # noqa: E731
     t0 = time.perf_counter()
     out = policy.predict_video(raw[None, :1], [instruction], steps=steps, guidance_max=guidance,
                                generator=torch.Generator(policy.device).manual_seed(seed))
     seconds = time.perf_counter() - t0
     with torch.no_grad():
-        recon = to_u8(policy.tvp.decode(policy.encode(gt)))[0].cpu().numpy()
-    truth, pred = to_u8(gt)[0].cpu().numpy(), out["frames"][0].cpu().numpy()
+        recon = to_uint8(policy.tvp.decode(policy.encode(gt)))[0].cpu().numpy()
+    truth, pred = to_uint8(gt)[0].cpu().numpy(), out["frames"][0].cpu().numpy()
     copy_last = np.repeat(truth[:1], len(truth), 0)
     fut = slice(1, None)
     metrics = {"episode": episode, "start": start, "instruction": instruction, "frames": int(len(truth)),
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = load_policy(args.checkpoint, map_location=args.device)
     store = EpisodeStore.open(args.data)
     res = predict_episode(policy, store, args.episode, args.start, args.instruction, args.steps, args.guidance,
-                          args.seed)
+                          args.seed, args.stride)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     video = video_grid([upscale(res["truth"], args.scale), upscale(res["prediction"], args.scale)], n_cols=2)

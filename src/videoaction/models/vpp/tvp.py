@@ -83,7 +83,8 @@ class TVP(nn.Module):
         return F.mse_loss(rec, frames.flatten(0, 1)) + self.m.vae.kl_weight * kl
 
     # ------------------------------------------------------------------------------------------ denoiser
-    def unet_out(self, x_in: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def unet_out(self, x_in: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor,
+                 text: torch.Tensor) -> torch.Tensor:
         """Raw UNet output F for already-scaled input ``x_in`` (B, F, C, h, w) and ``cond`` (B, C, h, w) unscaled."""
         b, f = x_in.shape[:2]
         inp = torch.cat([x_in, cond[:, None].expand(-1, f, -1, -1, -1)], dim=2)  # (B, F, 2C, h, w)
