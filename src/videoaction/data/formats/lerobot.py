@@ -107,8 +107,9 @@ class LeRobotSource(EpisodeSource):
         if not self.fps:
             raise FormatError(root, "missing fps", key=f"{INFO_PATH}:fps")
         features = self.info.get("features")
-        if not isinstance(features, dict):
-            raise FormatError(root, "missing features", key=f"{INFO_PATH}:features")
+        if not isinstance(features, dict) or not all(isinstance(ft, dict) for ft in features.values()):
+            raise FormatError(root, "missing or malformed features", key=f"{INFO_PATH}:features",
+                              expected="{name: {dtype, shape, names}}")
         self.features = features
         self.video_keys = [k for k, ft in features.items() if ft.get("dtype") == "video"]
         rename = {}
@@ -117,7 +118,7 @@ class LeRobotSource(EpisodeSource):
         self.rename = rename  # LeRobot name -> store key
         self.specs, self.columns = {}, {}
         for name, ft in features.items():
-            if name in RESERVED_COLUMNS or (isinstance(ft, dict) and ft.get("dtype") == "string"):
+            if name in RESERVED_COLUMNS or ft.get("dtype") == "string":
                 continue  # bookkeeping columns; per-frame strings (e.g. language) are not array data
             shape, dtype = _feature_spec(root, name, ft)
             key = rename.get(name, name)
@@ -149,15 +150,20 @@ class LeRobotSource(EpisodeSource):
 
     def _load_episodes_v3(self) -> None:
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         root = self.path
         files = sorted((root / "meta/episodes").glob("*/*.parquet"))
         if not files:
             raise FormatError(root, "no episode metadata parquet files", key="meta/episodes/chunk-*/file-*.parquet")
-        tables = [_read_parquet(f, root) for f in files]
-        cols = set(tables[0].column_names)
-        table = pa.concat_tables([t.select([c for c in tables[0].column_names if not c.startswith("stats/")])
-                                  for t in tables])
+        try:
+            names = pq.read_schema(files[0]).names
+        except Exception as exc:
+            raise FormatError(root, f"unreadable parquet ({type(exc).__name__}: {exc}); truncated file?",
+                              key=str(files[0].relative_to(root))) from None
+        cols = set(names)
+        wanted = [c for c in names if not c.startswith("stats/")]  # per-episode stats are not needed to read
+        table = pa.concat_tables([_read_parquet(f, root, columns=wanted) for f in files])
         need = ["episode_index", "length", "data/chunk_index", "data/file_index"]
         for c in need + [f"videos/{k}/{f}" for k in self.video_keys for f in ("chunk_index", "file_index",
                                                                              "from_timestamp")]:
@@ -166,7 +172,10 @@ class LeRobotSource(EpisodeSource):
                                   expected=need)
         d = table.to_pydict()
         order = np.argsort(d["episode_index"])
-        pick = lambda c: [d[c][i] for i in order]  # noqa: E731
+
+        def pick(column: str) -> list:
+            return [d[column][i] for i in order]
+
         self.episode_index = np.array(pick("episode_index"), dtype=np.int64)
         self.lengths = np.array(pick("length"), dtype=np.int64)
         self.data_files = [root / self.info["data_path"].format(chunk_index=int(c), file_index=int(f))
