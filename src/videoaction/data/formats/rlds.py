@@ -19,7 +19,7 @@ from videoaction.data.formats.base import EpisodeSource, FormatError
 from videoaction.data.formats.tfrecord import iter_records, parse_example, read_record
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64, "uint8": np.uint8,
-          "bool": np.bool_}
+          "uint16": np.uint16, "bool": np.bool_}
 
 
 def detect(path: Path) -> bool:
@@ -39,7 +39,10 @@ def _flatten_features(node: dict, prefix: str, out: dict) -> None:
     if "image" in node:
         img = node["image"]
         shape = tuple(int(d) for d in img["shape"]["dimensions"])
-        out[key] = ("image", shape, np.uint8, img.get("encodingFormat", "png"))
+        dtype = img.get("dtype", "uint8")  # depth images are uint16 PNGs
+        if dtype not in DTYPES:
+            raise FormatError("features.json", "unsupported image dtype", key=key, found=dtype)
+        out[key] = ("image", shape, np.dtype(DTYPES[dtype]), img.get("encodingFormat", "png"))
     elif "tensor" in node:
         t = node["tensor"]
         shape = tuple(int(d) for d in t.get("shape", {}).get("dimensions", []))
@@ -84,7 +87,8 @@ class RldsSource(EpisodeSource):
         self.text_keys = [k for k, v in self.features.items() if v[0] == "text"]
         self.specs = {store_key(k): (v[1], v[2]) for k, v in self.features.items() if v[0] != "text"}
         self.columns = {store_key(k): k for k in self.features}
-        self.image_keys = tuple(store_key(k) for k, v in self.features.items() if v[0] == "image")
+        self.image_keys = tuple(store_key(k) for k, v in self.features.items()  # RGB cameras (not depth)
+                                if v[0] == "image" and v[1][-1:] == (3,) and v[2] == np.uint8)
         self.index: list[tuple[Path, int]] = []
         lengths, language = [], []
         count_key = next((k for k, v in self.features.items() if v[0] != "image"), None)
