@@ -82,6 +82,22 @@ def test_presets_are_registered_and_consistent():
     assert (pol.model.former.queries * base.num_frames, pol.model.n_actions) == (224, 10)
     for name in ("vpp-tiny-video", "vpp-tiny"):
         get_preset(name).model.validate()
+    # paper sizes: SVD's UNet, features 2560 x 256 per frame, Video Former ~18 M and action model ~21 M (vpp.md)
+    from accelerate import init_empty_weights
+
+    from videoaction.models.vpp.action_head import ActionHead
+    from videoaction.models.vpp.features import feature_layout
+    from videoaction.models.vpp.loading import build_unet
+    from videoaction.models.vpp.video_former import VideoFormer
+
+    m = pol.model
+    with init_empty_weights():
+        unet = build_unet(m.unet)
+        former = VideoFormer(m.former, 2560, 16)
+        head = ActionHead(m.head, 7, 10, 512, former.n_tokens)
+    count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    assert count(unet) == 1_524_623_082 and feature_layout(m, 32) == (256, 2560)
+    assert 18e6 < count(former) < 20e6 and 20e6 < count(head) < 23e6
 
 
 def test_tvp_loss_falls_on_a_tiny_store(tmp_path):
