@@ -112,3 +112,27 @@ def test_bench_targets_quick_trains_side_by_side_and_evaluates(tmp_path, capsys)
     assert "learning_curves.png" in html and (root / "pusht" / "report" / "learning_curves.png").is_file()
     assert "headline = last checkpoint" in html and "<video" in html
     assert "headline = last checkpoint" in capsys.readouterr().out
+
+
+def test_target_presets_follow_the_observation_protocol_and_the_ablation_changes_one_thing():
+    import importlib
+
+    from videoaction.config import PRESET_MODULES, get_preset, to_dict
+
+    uva, action = to_dict(get_preset("uva-tiny-pusht")), to_dict(get_preset("uva-tiny-action"))
+    diff = {k for k in uva if uva[k] != action[k]} | {f"model.{k}" for k in uva["model"]
+                                                      if uva["model"][k] != action["model"][k]}
+    assert diff == {"preset", "model", "model.task_modes"} and action["model"]["task_modes"] == ["policy_model"]
+    for name in ("uva-tiny-pusht", "dp-tiny"):  # PushT: image + agent_pos
+        cfg = get_preset(name)
+        assert cfg.dataset.state_dims == 2 and cfg.model.state_dim == 2
+    assert get_preset("uva-tiny-pusht").model.use_state and not get_preset("uva-tiny-pusht-image-only").model.use_state
+    assert get_preset("dp-tiny-image-only").model.state_dim == 0
+    mw = get_preset("uva-tiny-metaworld")
+    assert mw.dataset.state_dims == 4 and mw.model.language and mw.dataset.language_key == "language"
+    names = [n for mod in PRESET_MODULES for n in importlib.import_module(mod).PRESETS]
+    for name in names:  # the full Metaworld state (object and goal poses) only where the name says so
+        cfg = get_preset(name)
+        if getattr(cfg.model, "use_state", False) and cfg.dataset.language_key and cfg.dataset.state_dims is None:
+            assert "privileged_state" in name, name
+    assert "uva-tiny-metaworld-privileged_state" in names
