@@ -204,10 +204,17 @@ class LeRobotSource(EpisodeSource):
         if missing:
             raise FormatError(self.path, "data parquet lacks feature columns", key=str(path.relative_to(self.path)),
                               expected=missing, found=table.column_names)
-        self._tables[path] = table
+        ep = np.asarray(table["episode_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
+        cut = np.flatnonzero(np.diff(ep)) + 1  # rows of one episode are contiguous in LeRobot's files
+        starts, stops = np.concatenate([[0], cut]), np.concatenate([cut, [len(ep)]])
+        rows = {int(ep[a]): (int(a), int(b)) for a, b in zip(starts, stops)} if len(ep) else {}
+        if len(rows) != len(starts):
+            raise FormatError(self.path, "an episode's frames are not contiguous in its data file",
+                              key=str(path.relative_to(self.path)))
+        self._tables[path] = (table, rows)
         while len(self._tables) > 2:
             self._tables.popitem(last=False)
-        return table
+        return self._tables[path]
 
     def read(self, episode: int, key: str) -> np.ndarray:
         name = self.columns[key]
@@ -216,10 +223,13 @@ class LeRobotSource(EpisodeSource):
             path, start = self.video_from[name][episode]
             frames = decode_video(path, start, length, self.fps, key=name)
             return self.check_array(frames, key, name, length)
-        import pyarrow.compute as pc
-
-        table = self._table(self.data_files[episode])
-        rows = table.filter(pc.equal(table["episode_index"], int(self.episode_index[episode])))
+        table, index = self._table(self.data_files[episode])
+        ep_id = int(self.episode_index[episode])
+        if ep_id not in index:
+            raise FormatError(self.path, "episode has no frames in its data file (truncated dataset?)",
+                              key=str(self.data_files[episode].relative_to(self.path)), expected=f"episode {ep_id}")
+        start, stop = index[ep_id]
+        rows = table.slice(start, stop - start)
         col = rows[name]
         shape, dtype = self.specs[key]
         if self.features[name].get("dtype") == "image":
