@@ -42,6 +42,10 @@ def test_calvin_missing_frame_is_a_named_error(tmp_path):
     (root / "episode_0000007.npz").unlink()
     with pytest.raises(FormatError, match="episode_0000007.npz"):
         EpisodeStore.open(root).get_episode(1)
+    frame = root / "episode_0000003.npz"
+    frame.write_bytes(frame.read_bytes()[:100])
+    with pytest.raises(FormatError, match="truncated"):
+        EpisodeStore.open(root).get_episode(0)
 
 
 def test_tfrecord_framing_uses_masked_crc32c(tmp_path):

@@ -12,6 +12,7 @@ Store keys: ``action`` (from ``actions``), ``rel_action`` and every other frame 
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ class CalvinSource(EpisodeSource):
                     raise FormatError(self.path, "frame lacks a key", key=f"{f.name}:{missing[0]}",
                                       expected=f"keys {sorted(self.inverse.values())}", found=sorted(z.files))
                 return {k: z[k] for k in (keys or z.files)}
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise FormatError(self.path, f"unreadable frame ({type(exc).__name__}: {exc}); truncated file?",
                               key=f.name) from None
 
