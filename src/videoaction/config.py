@@ -68,6 +68,11 @@ class DatasetConfig:
     """How training samples are cut from an episode store (keys default to Diffusion Policy's)."""
 
     image_key: str = "img"
+    # several cameras: store keys in a fixed order (the first is the main camera; empty = just ``image_key``)
+    image_keys: tuple[str, ...] = ()
+    # observation / batch names of those cameras (rollouts, serving); empty = "image" for the first camera and the
+    # store key itself for the others (see ``camera_keys``)
+    camera_names: tuple[str, ...] = ()
     state_key: str | None = "state"
     action_key: str = "action"
     state_dims: int | None = 2  # use the first k dims of the state as proprioception (PushT: agent xy)
@@ -88,6 +93,31 @@ class DatasetConfig:
     # used_episode_indices_file; train/val are split among them
     action_norm: str = "minmax"  # minmax | meanstd | identity
     state_norm: str = "minmax"
+
+
+def store_image_keys(ds: DatasetConfig) -> tuple[str, ...]:
+    """The store keys of the cameras, main camera first: ``image_keys`` or, when empty, ``(image_key,)``."""
+    return tuple(ds.image_keys) if ds.image_keys else (ds.image_key,)
+
+
+def camera_keys(ds: DatasetConfig) -> tuple[str, ...]:
+    """Observation / batch key of each camera of :func:`store_image_keys`: ``camera_names`` when given, else
+    ``"image"`` for the main camera and the store key for the others (``("img", "wrist_image")`` ->
+    ``("image", "wrist_image")``). One camera is always ``("image",)``."""
+    stores = store_image_keys(ds)
+    names = tuple(ds.camera_names) if ds.camera_names else ("image", *stores[1:])
+    if len(names) != len(stores) or len(set(names)) != len(names) or len(set(stores)) != len(stores):
+        raise ConfigError(f"dataset.camera_names {list(names)} must name each of dataset.image_keys {list(stores)} "
+                          "once (distinct names, same count)")
+    if names[0] != "image":
+        raise ConfigError(f"dataset.camera_names: the main camera is observed as 'image', found {names[0]!r}")
+    return names
+
+
+def camera_latent_key(camera: str, latent_key: str = "latent") -> str:
+    """Key of a camera's latents in a latent store and a batch: ``latent`` for the main camera (``image``),
+    ``latent_<camera>`` for the others (``latent_wrist_image``)."""
+    return latent_key if camera == "image" else f"{latent_key}_{camera}"
 
 
 @dataclass

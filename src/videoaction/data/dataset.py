@@ -1,7 +1,9 @@
 """Torch dataset of training windows cut from an episode store (or from its latent cache).
 
 Each item (see docs/interfaces.md) holds canonical keys whatever the store calls them:
-``image`` (F, 3, S, S) in [-1, 1] *or* ``latent`` (F, C, h, w), ``action`` (T, A), ``state`` (T, Ds),
+``image`` (F, 3, S, S) in [-1, 1] *or* ``latent`` (F, C, h, w) (with several cameras, one such key per camera:
+``image`` for the main camera and the camera's name for the others, e.g. ``wrist_image``; latents as
+``latent_<name>``; see :func:`videoaction.config.camera_keys`), ``action`` (T, A), ``state`` (T, Ds),
 ``is_pad`` (T,), ``frame_index`` (F,), ``history_action`` (F_history, A) (the action executed right before each
 history frame, NaN at the episode start), ``episode`` and optionally ``language``.
 Augmentation randomness is a pure function of (seed, epoch, item index), so results do not depend on the
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from videoaction.config import DatasetConfig
+from videoaction.config import DatasetConfig, camera_keys, camera_latent_key, store_image_keys
 from videoaction.errors import StoreError
 from videoaction.data.normalizer import Normalizer
 from videoaction.data.sampler import SequenceSampler, frame_positions, split_episodes
@@ -35,9 +37,13 @@ class SequenceDataset(Dataset):
         self.cfg, self.split, self.seed, self.epoch = cfg, split, seed, 0
         self.augment = (split == "train") if augment is None else augment
         keys = self.store.keys
-        self.use_latents = cfg.latent_key in keys and cfg.image_key not in keys
-        self.frame_key = cfg.latent_key if self.use_latents else cfg.image_key
-        required = [self.frame_key, cfg.action_key] + ([cfg.state_key] if cfg.state_key else [])
+        self.cameras = camera_keys(cfg)  # batch keys, main camera first
+        stores = store_image_keys(cfg)
+        self.use_latents = cfg.latent_key in keys and stores[0] not in keys
+        self.frame_keys = ([camera_latent_key(c, cfg.latent_key) for c in self.cameras] if self.use_latents
+                           else list(stores))  # store key of each camera
+        self.frame_key = self.frame_keys[0]
+        required = [*self.frame_keys, cfg.action_key] + ([cfg.state_key] if cfg.state_key else [])
         for key in required:
             if key not in keys:
                 raise StoreError(self.store.path, "missing data key required by the dataset config",
@@ -61,27 +67,20 @@ class SequenceDataset(Dataset):
         if cfg.state_key:
             state = self.store.to_numpy([cfg.state_key])[cfg.state_key].astype(np.float32)
             self.state = state[:, : cfg.state_dims] if cfg.state_dims else state
-        arr = self.store.array(self.frame_key)
-        nbytes = self.store.n_steps * int(np.prod(arr.shape[1:])) * arr.dtype.itemsize
+        nbytes = 0
+        for key in self.frame_keys:
+            arr = self.store.array(key)
+            nbytes += self.store.n_steps * int(np.prod(arr.shape[1:])) * arr.dtype.itemsize
         in_memory = nbytes <= IN_MEMORY_LIMIT_BYTES and not getattr(self.store, "lazy_frames", False)
-        self.frames = self.store.to_numpy([self.frame_key])[self.frame_key] if in_memory else None
+        self.frames = self.store.to_numpy(self.frame_keys) if in_memory else None  # store key -> all frames
         self.language = None
         if cfg.language_key:
             self.language = [str(v) for v in self.store.meta_column(cfg.language_key)]
 
     def _check_shapes(self) -> None:
         cfg, path = self.cfg, self.store.path
-        shape, dtype = self.store.spec(self.frame_key)
-        if self.use_latents:
-            if len(shape) != 3:
-                raise StoreError(path, "latent frames must be (C, h, w) per step", key=f"data/{self.frame_key}",
-                                 found=shape)
-        elif len(shape) != 3 or shape[-1] not in (1, 3, 4):
-            raise StoreError(path, "images must be (H, W, 3) per step", key=f"data/{self.frame_key}",
-                             expected="(H, W, 3) uint8", found=f"{shape} {dtype}")
-        elif dtype != np.uint8 and dtype.kind != "f":
-            raise StoreError(path, "images must be uint8 (or float 0-255)", key=f"data/{self.frame_key}",
-                             expected="uint8", found=str(dtype))
+        for frame_key in self.frame_keys:
+            self._check_frames(frame_key)
         a_shape, a_dtype = self.store.spec(cfg.action_key)
         if len(a_shape) != 1 or a_dtype.kind not in "fiu":
             raise StoreError(path, "actions must be a numeric vector per step", key=f"data/{cfg.action_key}",
@@ -94,6 +93,20 @@ class SequenceDataset(Dataset):
             if cfg.state_dims and cfg.state_dims > s_shape[0]:
                 raise StoreError(path, f"dataset.state_dims={cfg.state_dims} exceeds the state size",
                                  key=f"data/{cfg.state_key}", expected=f">= {cfg.state_dims} dims", found=s_shape)
+
+    def _check_frames(self, frame_key: str) -> None:
+        path = self.store.path
+        shape, dtype = self.store.spec(frame_key)
+        if self.use_latents:
+            if len(shape) != 3:
+                raise StoreError(path, "latent frames must be (C, h, w) per step", key=f"data/{frame_key}",
+                                 found=shape)
+        elif len(shape) != 3 or shape[-1] not in (1, 3, 4):
+            raise StoreError(path, "images must be (H, W, 3) per step", key=f"data/{frame_key}",
+                             expected="(H, W, 3) uint8", found=f"{shape} {dtype}")
+        elif dtype != np.uint8 and dtype.kind != "f":
+            raise StoreError(path, "images must be uint8 (or float 0-255)", key=f"data/{frame_key}",
+                             expected="uint8", found=str(dtype))
 
     # ------------------------------------------------------------------------------------------ sizes
     @property
@@ -127,11 +140,12 @@ class SequenceDataset(Dataset):
         return Normalizer.fit_arrays(arrays, modes)
 
     # ------------------------------------------------------------------------------------------ items
-    def _read_frames(self, idx: np.ndarray) -> np.ndarray:
+    def _read_frames(self, idx: np.ndarray, frame_key: str | None = None) -> np.ndarray:
+        frame_key = frame_key or self.frame_key
         if self.frames is not None:
-            return self.frames[idx]
+            return self.frames[frame_key][idx]
         uniq, inverse = np.unique(idx, return_inverse=True)
-        return self.store.array(self.frame_key).oindex[uniq][inverse]
+        return self.store.array(frame_key).oindex[uniq][inverse]
 
     def _history_action(self, i: int, buf_idx: np.ndarray, is_pad: np.ndarray, frame_pos: np.ndarray) -> np.ndarray:
         """(n_history, A): the action executed right before each history frame, NaN where none was (the frame is
@@ -147,7 +161,6 @@ class SequenceDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.augment else None
         buf_idx, is_pad = self.sampler.positions(i)
         frame_pos = frame_positions(self.cfg.frames, self.cfg.horizon, rng) if rng is not None else self.frame_pos
-        frames = self._read_frames(buf_idx[frame_pos])
         item = {
             "action": torch.from_numpy(self.action[buf_idx]),
             "history_action": torch.from_numpy(self._history_action(i, buf_idx, is_pad, frame_pos)),
@@ -155,10 +168,12 @@ class SequenceDataset(Dataset):
             "frame_index": torch.from_numpy(frame_pos),
             "episode": self.sampler.episode(i),
         }
-        if self.use_latents:
-            item["latent"] = torch.from_numpy(np.asarray(frames, dtype=np.float32))
-        else:
-            item["image"] = transform_frames(frames, self.cfg, rng)
+        for camera, frame_key in zip(self.cameras, self.frame_keys):
+            frames = self._read_frames(buf_idx[frame_pos], frame_key)
+            if self.use_latents:
+                item[camera_latent_key(camera)] = torch.from_numpy(np.asarray(frames, dtype=np.float32))
+            else:  # each camera draws its own augmentation from the item's generator, in camera order
+                item[camera] = transform_frames(frames, self.cfg, rng)
         if self.state is not None:
             item["state"] = torch.from_numpy(self.state[buf_idx])
         if self.language is not None:

@@ -5,7 +5,8 @@ plugs in by subclassing :class:`Policy` and adding one line to :data:`FAMILIES`.
 
 Observation convention for ``predict_action`` (raw, un-normalised, batched):
 
-* image keys: uint8 ``(B, T_obs, H, W, 3)`` frames as the environment renders them, oldest first;
+* image keys: uint8 ``(B, T_obs, H, W, 3)`` frames as the environment renders them, oldest first (``image``, and
+  one key per further camera of ``history_layout.cameras``, e.g. ``wrist_image``);
 * low-dim keys (e.g. ``agent_pos``): float32 ``(B, T_obs, D)``;
 * optional ``language``: a list of B strings.
 
@@ -28,7 +29,7 @@ from torch import nn
 from videoaction.data.normalizer import Normalizer
 from videoaction.data.transforms import preprocess_frames
 from videoaction.errors import VideoActionError
-from videoaction.models.observation import (HISTORY_ACTION, IMAGE, LANGUAGE, STATE, HistoryLayout, select_batch,
+from videoaction.models.observation import (HISTORY_ACTION, LANGUAGE, STATE, HistoryLayout, select_batch,
                                             select_observation)
 
 CONFIG_FILE = "config.json"
@@ -131,7 +132,7 @@ class Policy(nn.Module):
         """Raw observation -> model inputs of the history: ``image`` (B, n_history, 3, S, S) in [-1, 1], normalised
         ``state`` / ``history_action`` (as the layout needs), ``language``."""
         sel = select_observation(obs, self.history_layout)
-        out: dict[str, Any] = {IMAGE: self.preprocess(sel[IMAGE].to(self.device))}
+        out: dict[str, Any] = {cam: self.preprocess(sel[cam].to(self.device)) for cam in self.history_layout.cameras}
         out.update(self._normalised_low_dim(sel))
         if LANGUAGE in sel:
             out[LANGUAGE] = sel[LANGUAGE]
@@ -139,9 +140,10 @@ class Policy(nn.Module):
 
     def batch_history_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """Training batch -> the same model inputs as :meth:`history_inputs` (``latent`` instead of ``image`` for
-        a latent store)."""
+        a latent store; one key per camera of ``history_layout.cameras``)."""
         sel = select_batch(batch, self.history_layout)
-        out: dict[str, Any] = {k: sel[k].to(self.device, torch.float32) for k in (IMAGE, "latent") if k in sel}
+        out: dict[str, Any] = {k: v.to(self.device, torch.float32) for k, v in sel.items()
+                               if k not in (STATE, HISTORY_ACTION, LANGUAGE)}
         out.update(self._normalised_low_dim(sel))
         if LANGUAGE in sel:
             out[LANGUAGE] = sel[LANGUAGE]
@@ -180,7 +182,7 @@ class Policy(nn.Module):
         ``state`` (T, Ds) and ``history_action`` (T, A) float32 when the layout uses them."""
         lay = self.history_layout
         t, size = lay.n_obs_steps, int(self.cfg.model.obs_image_size)
-        spec = {IMAGE: ObsSpec((t, size, size, 3), "uint8")}
+        spec = {cam: ObsSpec((t, size, size, 3), "uint8") for cam in lay.cameras}
         if lay.state_dim:
             spec[STATE] = ObsSpec((t, lay.state_dim), "float32")
         if lay.action_dim:

@@ -7,6 +7,10 @@ and picks the history steps; :func:`select_batch` picks the same steps from a tr
 :class:`videoaction.data.dataset.SequenceDataset`. Training and rollouts therefore feed a network the same frames,
 states and history actions (``tests/test_alignment.py`` checks it at every step of an episode).
 
+Cameras: ``layout.cameras`` names the image keys, main camera (``image``) first (``("image", "wrist_image")``);
+every camera gets the same history steps, and batches hold one key per camera (``latent`` / ``latent_<camera>`` for
+latent stores, :func:`videoaction.config.camera_latent_key`).
+
 History actions: entry ``k`` is the action executed right *before* history frame ``k`` (never the action about to
 be chosen), NaN where none was executed (episode start); families map NaN to a learned "no action" token.
 """
@@ -19,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from videoaction.config import FrameConfig
+from videoaction.config import FrameConfig, camera_latent_key
 from videoaction.errors import VideoActionError
 
 IMAGE, STATE, HISTORY_ACTION, LANGUAGE = "image", "state", "history_action", "language"
@@ -31,6 +35,7 @@ class HistoryLayout:
 
     ``positions``: history frames as indices into the last ``n_obs_steps`` observations (UVA: (3, 7, 11, 15) of 16;
     DP-C: (0, 1) of 2). ``state_dim`` / ``action_dim``: proprio dims and history-action dims (0 = not used).
+    ``cameras``: the image keys, main camera first (:func:`videoaction.config.camera_keys` of the dataset).
     """
 
     positions: tuple[int, ...]
@@ -38,13 +43,14 @@ class HistoryLayout:
     state_dim: int = 0
     action_dim: int = 0
     language: bool = False
+    cameras: tuple[str, ...] = (IMAGE,)
 
     @classmethod
     def from_frames(cls, frames: FrameConfig, *, state_dim: int = 0, history_action_dim: int = 0,
-                    language: bool = False) -> "HistoryLayout":
+                    language: bool = False, cameras: tuple[str, ...] = (IMAGE,)) -> "HistoryLayout":
         """Evenly spaced history frames ending at ``frames.last_history`` (the dataset's evaluation selection)."""
         pos = tuple(int(frames.offset + frames.stride * k) for k in range(frames.n_history))
-        return cls(pos, frames.n_obs_steps, state_dim, history_action_dim, language)
+        return cls(pos, frames.n_obs_steps, state_dim, history_action_dim, language, tuple(cameras))
 
 
 def as_tensor(x: Any, what: str, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -68,16 +74,19 @@ def _last_steps(x: torch.Tensor, key: str, layout: HistoryLayout, tail: tuple, t
 def select_observation(obs: Mapping[str, Any], layout: HistoryLayout) -> dict[str, Any]:
     """Raw batched observation -> the history steps the policy uses (still raw, un-normalised).
 
-    Returns ``image`` uint8 (B, n_history, H, W, 3), ``state`` float32 (B, n_history, Ds), ``history_action``
+    Returns ``image`` uint8 (B, n_history, H, W, 3) (and each further camera of ``layout.cameras`` under its key,
+    same batch size), ``state`` float32 (B, n_history, Ds), ``history_action``
     float32 (B, n_history, A) (NaN = none executed) and ``language`` (list of B strings), as the layout needs.
     Longer histories are cut to their last ``n_obs_steps`` steps; extra state dims beyond ``state_dim`` are dropped
     (datasets use the first ``state_dims`` dims).
     """
-    if IMAGE not in obs:
-        raise VideoActionError(f"observation: missing key {IMAGE!r}; got keys {sorted(obs)}")
-    img = as_tensor(obs[IMAGE], IMAGE)
-    out: dict[str, Any] = {IMAGE: _last_steps(img, IMAGE, layout, (None, None, 3), "H, W, 3 uint8")}
-    b = img.shape[0]
+    out: dict[str, Any] = {}
+    for cam in layout.cameras:
+        if cam not in obs:
+            raise VideoActionError(f"observation: missing camera key {cam!r} (the policy's cameras: "
+                                   f"{list(layout.cameras)}); got keys {sorted(obs)}")
+        out[cam] = _last_steps(as_tensor(obs[cam], cam), cam, layout, (None, None, 3), "H, W, 3 uint8")
+    b = out[layout.cameras[0]].shape[0]
     if layout.state_dim:
         if STATE not in obs:
             raise VideoActionError(f"observation: missing key {STATE!r} (B, {layout.n_obs_steps}, "
@@ -99,7 +108,7 @@ def select_observation(obs: Mapping[str, Any], layout: HistoryLayout) -> dict[st
         if lang is None or isinstance(lang, str) or len(lang) != b:
             raise VideoActionError(f"observation {LANGUAGE!r}: expected a list of {b} instructions, found {lang!r}")
         out[LANGUAGE] = [str(v) for v in lang]
-    for key in (STATE, HISTORY_ACTION):
+    for key in (*layout.cameras[1:], STATE, HISTORY_ACTION):
         if key in out and out[key].shape[0] != b:
             raise VideoActionError(f"observation {key!r}: batch size {out[key].shape[0]}, 'image' has {b}")
     return out
@@ -108,16 +117,19 @@ def select_observation(obs: Mapping[str, Any], layout: HistoryLayout) -> dict[st
 def select_batch(batch: Mapping[str, Any], layout: HistoryLayout) -> dict[str, Any]:
     """Training batch -> the same history steps as :func:`select_observation` (frames already transformed).
 
-    ``image`` (B, n_history, 3, S, S) in [-1, 1] or ``latent`` (B, n_history, C, h, w): the dataset puts the
-    history frames first; ``state`` gathered at ``frame_index`` (the window positions of the frames);
+    ``image`` (B, n_history, 3, S, S) in [-1, 1] or ``latent`` (B, n_history, C, h, w) (one key per camera of
+    ``layout.cameras``: its name, or ``latent_<name>``): the dataset puts the history frames first; ``state`` gathered at ``frame_index`` (the window positions of the frames);
     ``history_action`` as the dataset computed it (B, n_history, A).
     """
     nh = len(layout.positions)
     out: dict[str, Any] = {}
-    key = IMAGE if IMAGE in batch else "latent" if "latent" in batch else None
-    if key is None:
-        raise VideoActionError(f"training batch: needs 'image' or 'latent', found keys {sorted(batch)}")
-    out[key] = batch[key][:, :nh]
+    latent = IMAGE not in batch and "latent" in batch
+    for cam in layout.cameras:
+        key = camera_latent_key(cam) if latent else cam
+        if key not in batch:
+            raise VideoActionError(f"training batch: needs {key!r} (camera {cam!r} of {list(layout.cameras)}; "
+                                   f"'image' or 'latent' for the main camera), found keys {sorted(batch)}")
+        out[key] = batch[key][:, :nh]
     if layout.state_dim:
         if STATE not in batch:
             raise VideoActionError(f"training batch: needs {STATE!r} (B, T, {layout.state_dim}); keys {sorted(batch)}")

@@ -53,8 +53,10 @@ def latent_cache_info(store: EpisodeStore) -> dict | None:
 
 
 def uses_latents(store: EpisodeStore, cfg) -> bool:
+    from videoaction.config import store_image_keys
+
     keys = store.keys
-    return cfg.dataset.latent_key in keys and cfg.dataset.image_key not in keys
+    return cfg.dataset.latent_key in keys and store_image_keys(cfg.dataset)[0] not in keys
 
 
 def _tokenizer_cfg(cfg):
@@ -117,6 +119,8 @@ def latent_cache_blocker(cfg, store: EpisodeStore) -> str | None:
         return f"the {cfg.family} model has no tokenizer"
     if uses_latents(store, cfg):
         return "the store already holds latents"
+    if len(ds.image_keys) > 1:
+        return f"the run uses {len(ds.image_keys)} cameras (the cache encodes one image key)"
     if ds.image_key not in store.keys:
         return f"the store has no image key '{ds.image_key}'"
     if tok.path is None:

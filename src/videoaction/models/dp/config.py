@@ -29,6 +29,7 @@ class DPConfig:
     gn_group_size: int = 16  # GroupNorm groups = channels // gn_group_size (DP: channels // 16)
     num_keypoints: int = 32
     image_feature_dim: int = 64  # linear layer after the 2 * num_keypoints spatial-softmax coordinates
+    share_rgb_model: bool = False  # several cameras: one encoder for all (True) or one per camera (DP's default)
     # --- 1-D conditional U-Net
     down_dims: tuple[int, ...] = (512, 1024, 2048)
     kernel_size: int = 5

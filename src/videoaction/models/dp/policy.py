@@ -5,6 +5,11 @@ shared ResNet-18-GN + spatial-softmax encoder, concatenate [image features, prop
 condition, add DDPM noise at a random step to the whole normalised action sequence and regress the noise (MSE).
 Inference (``predict_action``): DDPM (100 steps) or DDIM (e.g. 16 steps) from Gaussian noise; returns the
 un-normalised chunk ``action_pred`` (B, horizon, A) and DP's executed slice ``action = action_pred[:, To-1 : To-1+Ta]``.
+
+Several cameras (``dataset.image_keys``): as Diffusion Policy's multi-image observation encoder, each camera has its
+own encoder (``obs_encoder`` for the main camera, ``camera_encoders[k-1]`` for camera k; one shared encoder with
+``model.share_rgb_model``) and the features per step are ``[camera 0, camera 1, ..., proprio]``. One camera builds
+exactly the single-camera modules.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from einops import rearrange
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from torch import nn
+
+from videoaction.config import camera_keys
 from videoaction.errors import ConfigError, VideoActionError
 from videoaction.models.base import LossOutput, Policy
 from videoaction.models.observation import HistoryLayout
@@ -38,11 +46,16 @@ class DiffusionPolicy(Policy):
         m: DPConfig = cfg.model
         _validate(cfg)
         self.mcfg = m
+        self.cameras = camera_keys(cfg.dataset)  # observation keys, main camera first
         self.obs_encoder = ImageEncoder(m.backbone_width, m.gn_group_size, m.num_keypoints, m.image_feature_dim)
-        self.global_cond_dim = m.n_obs_steps * (m.image_feature_dim + m.state_dim)
+        if len(self.cameras) > 1 and not m.share_rgb_model:
+            self.camera_encoders = nn.ModuleList(
+                ImageEncoder(m.backbone_width, m.gn_group_size, m.num_keypoints, m.image_feature_dim)
+                for _ in self.cameras[1:])
+        self.global_cond_dim = m.n_obs_steps * (len(self.cameras) * m.image_feature_dim + m.state_dim)
         self.model = ConditionalUnet1D(m.action_dim, self.global_cond_dim, m.step_embed_dim, m.down_dims,
                                        m.kernel_size, m.n_groups, m.cond_predict_scale)
-        self._layout = HistoryLayout.from_frames(cfg.dataset.frames, state_dim=m.state_dim)
+        self._layout = HistoryLayout.from_frames(cfg.dataset.frames, state_dim=m.state_dim, cameras=self.cameras)
         self.normalizer = self.build_normalizer(m.action_dim, m.state_dim)  # identity until set_normalizer
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=m.num_train_steps, beta_schedule=m.beta_schedule,
                                              clip_sample=m.clip_sample, prediction_type=m.prediction_type,
@@ -77,10 +90,19 @@ class DiffusionPolicy(Policy):
         return meta
 
     # ------------------------------------------------------------------------------------------ conditioning
-    def _global_cond(self, image: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
-        """image (B, To, 3, S, S) in [-1, 1], state (B, To, Ds) normalised -> (B, To * (feat + Ds))."""
-        feat = self.obs_encoder(rearrange(image, "b t c h w -> (b t) c h w"))
-        feat = rearrange(feat, "(b t) f -> b t f", b=image.shape[0])  # (B, To, feat)
+    def _encoder(self, k: int) -> ImageEncoder:
+        return self.obs_encoder if k == 0 or self.mcfg.share_rgb_model else self.camera_encoders[k - 1]
+
+    def _global_cond(self, hist: Mapping[str, Any]) -> torch.Tensor:
+        """hist: each camera (B, To, 3, S, S) in [-1, 1], ``state`` (B, To, Ds) normalised
+        -> (B, To * (n_cameras * feat + Ds))."""
+        feats = []
+        for k, cam in enumerate(self.cameras):
+            image = hist[cam]
+            f = self._encoder(k)(rearrange(image, "b t c h w -> (b t) c h w"))
+            feats.append(rearrange(f, "(b t) f -> b t f", b=image.shape[0]))  # (B, To, feat)
+        feat = torch.cat(feats, dim=-1)  # (B, To, n_cameras * feat): cameras in config order
+        state = hist.get("state")
         if state is not None:
             feat = torch.cat([feat, state.to(feat.dtype)], dim=-1)  # DP order per step: [image, agent_pos]
         return rearrange(feat, "b t f -> b (t f)")
@@ -95,16 +117,18 @@ class DiffusionPolicy(Policy):
             raise VideoActionError(f"DP batch needs 'image' (B, {m.n_obs_steps}, 3, S, S); keys: {sorted(batch)}")
         device = self.device
         hist = self.batch_history_inputs(batch)
-        image, state = hist["image"], hist.get("state")
         action = batch["action"].to(device)
-        if image.ndim != 5 or image.shape[1] != m.n_obs_steps:
-            raise VideoActionError(f"DP batch 'image': expected (B, {m.n_obs_steps}, 3, S, S), got {tuple(image.shape)}")
+        for cam in self.cameras:
+            image = hist[cam]
+            if image.ndim != 5 or image.shape[1] != m.n_obs_steps:
+                raise VideoActionError(f"DP batch {cam!r}: expected (B, {m.n_obs_steps}, 3, S, S), "
+                                       f"got {tuple(image.shape)}")
         if action.ndim != 3 or action.shape[1:] != (self.horizon, m.action_dim):
             raise VideoActionError(f"DP batch 'action': expected (B, {self.horizon}, {m.action_dim}), "
                                    f"got {tuple(action.shape)}")
         b = action.shape[0]
         naction = self.normalizer.normalize("action", action)  # (B, T, A) in [-1, 1]
-        cond = self._global_cond(image, state)
+        cond = self._global_cond(hist)
 
         gen_device = generator.device if generator is not None else device
         noise = randn_tensor(naction.shape, generator=generator, device=device, dtype=naction.dtype)
@@ -149,9 +173,8 @@ class DiffusionPolicy(Policy):
             raise ConfigError(f"DP num_steps must be in [1, {m.num_train_steps}], got {num_steps}")
         scheduler = self._scheduler(sampler)
         hist = self.history_inputs(obs)
-        image, state = hist["image"], hist.get("state")
-        b = image.shape[0]
-        cond = self._global_cond(image, state)
+        b = hist["image"].shape[0]
+        cond = self._global_cond(hist)
         traj = randn_tensor((b, self.horizon, m.action_dim), generator=generator, device=self.device, dtype=cond.dtype)
         scheduler.set_timesteps(num_steps, device=self.device)
         extra = {"eta": m.ddim_eta} if sampler == "ddim" else {}

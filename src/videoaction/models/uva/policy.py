@@ -14,6 +14,10 @@ Functions (the paper's uses of the one model; all inputs raw, outputs un-normali
 
 Training (:meth:`compute_loss`): one task mode per batch (uva.md §7), truncated-normal mask ratio, video loss on
 masked tokens, action loss on the ``n_actions`` actions from the last history frame on, losses summed.
+
+Several cameras (``dataset.image_keys``): every camera is tokenized by the one frozen tokenizer and the latent grids
+are stacked along the height in camera order (``join_cameras``), so each frame has ``n_cameras * h * w`` tokens;
+video outputs (``latent``, decoded ``frames``) are those stacked grids. One camera is the single-camera model exactly.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from einops import rearrange, repeat
 from videoaction.errors import VideoActionError
 from videoaction.data.sampler import frame_positions
 from videoaction.models.base import LossOutput, Policy
+from videoaction.config import camera_keys, camera_latent_key
 from videoaction.models.observation import HistoryLayout, select_observation
 from videoaction.models.uva.config import UVARunConfig
 from videoaction.models.uva.masking import (MODE_SPECS, choose_mode, gen_device, random_spatial_mask,
@@ -78,11 +83,14 @@ class UVAPolicy(UVASamplingMixin, Policy):
         s = self.tokenizer.stride
         if ds.image_size % s:
             raise VideoActionError(f"dataset.image_size {ds.image_size} is not a multiple of the tokenizer stride {s}")
-        grid = (ds.image_size // s, ds.image_size // s)
+        # several cameras: each camera's latent grid is stacked along the height, so a frame's tokens are camera 0's
+        # tokens, then camera 1's, ... (one camera: the single-camera grid and parameters exactly)
+        self.cameras = camera_keys(ds)
+        grid = (len(self.cameras) * (ds.image_size // s), ds.image_size // s)
         frame_positions(fr, ds.horizon)  # validates that the frames fit the window
         self._layout = HistoryLayout.from_frames(fr, state_dim=m.state_dim if m.use_state else 0,
                                                  history_action_dim=m.action_dim if m.use_history_action else 0,
-                                                 language=m.language)
+                                                 language=m.language, cameras=self.cameras)
         self.history_positions = list(self._layout.positions)
         self.h_last = fr.last_history
         self.action_start = self.h_last if m.shift_action else self.h_last + 1
@@ -164,6 +172,11 @@ class UVAPolicy(UVASamplingMixin, Policy):
         frames (UVA: 2 of 4 when executing 8 of 16 actions), so only new frames are encoded. ``0`` disables."""
         self.latent_cache = LatentCache(max_frames) if max_frames > 0 else None
 
+    @staticmethod
+    def join_cameras(latents: list[torch.Tensor]) -> torch.Tensor:
+        """Per-camera latents (B, F, C, h, w), main camera first -> one grid (B, F, C, n_cameras * h, w)."""
+        return latents[0] if len(latents) == 1 else torch.cat(latents, dim=-2)
+
     @torch.no_grad()
     def encode_observed(self, frames) -> torch.Tensor:
         """Raw uint8 frames (B, F, H, W, 3) -> latents (B, F, C, h, w), through the latent cache when enabled."""
@@ -190,7 +203,7 @@ class UVAPolicy(UVASamplingMixin, Policy):
     def condition(self, obs: Mapping[str, Any]) -> Cond:
         """Raw observation -> the model's conditions (history latents picked at the configured positions)."""
         sel = select_observation(obs, self.history_layout)
-        cond: Cond = {"history": self.encode_observed(sel["image"])}
+        cond: Cond = {"history": self.join_cameras([self.encode_observed(sel[c]) for c in self.cameras])}
         low = self._normalised_low_dim(sel)
         if "state" in low:
             cond["state"] = low["state"]
@@ -380,10 +393,14 @@ class UVAPolicy(UVASamplingMixin, Policy):
         """History latents (from :meth:`batch_history_inputs`) and future latents of a training batch."""
         nh = self.model.n_history
         if "latent" in hist_in:
-            return hist_in["latent"], batch["latent"][:, nh:].to(self.device, torch.float32)
+            keys = [camera_latent_key(c) for c in self.cameras]
+            return (self.join_cameras([hist_in[k] for k in keys]),
+                    self.join_cameras([batch[k][:, nh:].to(self.device, torch.float32) for k in keys]))
         g = g if g is None or g.device == self.device else None  # the posterior sample draws on the model's device
         sample = self.cfg.model.sample_latents
-        hist = self.encode_frames(hist_in["image"], sample, g) if need_history else None
-        fut = self.encode_frames(batch["image"][:, nh:], sample, g) if need_future else None
+        hist = self.join_cameras([self.encode_frames(hist_in[c], sample, g) for c in self.cameras]
+                                 ) if need_history else None
+        fut = self.join_cameras([self.encode_frames(batch[c][:, nh:], sample, g) for c in self.cameras]
+                                ) if need_future else None
         return hist, fut
 
