@@ -178,6 +178,35 @@ def test_edm_preconditioning_matches_the_reference_formulas():
     assert float(s.timesteps[0]) == pytest.approx(np.log(700.0) / 4, rel=1e-4)  # c_noise = ln(sigma) / 4
 
 
+def test_edm_loss_known_answer():
+    """The loss's inputs and weighting, with the UNet replaced by a recorder that outputs a fixed F."""
+    from videoaction.models.vpp.tvp import TVP
+
+    from types import SimpleNamespace
+
+    m = get_preset("vpp-tiny-video").model
+    seen = {}
+
+    class Recorder(TVP):
+        def unet_out(self, x_in, c_noise, cond, text):
+            seen.update(x_in=x_in, c_noise=c_noise, cond=cond, text=text)
+            return torch.full_like(x_in, 0.3)
+
+    tvp = Recorder(m, unet=None, vae=SimpleNamespace(config=SimpleNamespace(scaling_factor=0.5)))  # scale only
+    x0 = torch.randn(3, 4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(3, 8, 64)
+    loss = tvp.edm_loss(x0, text, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    sigma = (torch.randn(3, generator=g) * 1.6 + 0.7).exp().view(3, 1, 1, 1, 1)
+    x_sigma = x0 + torch.randn(x0.shape, generator=g) * sigma
+    assert torch.allclose(seen["x_in"], x_sigma / (sigma ** 2 + 1).sqrt(), atol=1e-6)
+    assert torch.allclose(seen["c_noise"], sigma.flatten().log() / 4, atol=1e-6)
+    assert torch.allclose(seen["cond"], x0[:, 0] / 0.5) and seen["text"] is text
+    x_hat = -sigma / (sigma ** 2 + 1).sqrt() * 0.3 + x_sigma / (sigma ** 2 + 1)
+    expected = ((sigma ** 2 + 1) / sigma ** 2 * (x_hat - x0) ** 2).mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
 def _save_tiny_svd(root):
     from videoaction.models.vpp.loading import build_unet, build_vae
 
