@@ -140,5 +140,9 @@ def test_no_latent_cache_when_the_frames_change_every_step(data):
     cfg = copy.deepcopy(trainer.cfg)
     cfg.dataset.random_shift, cfg.model.sample_latents = 0, True
     assert "sample_latents" in latent_cache_blocker(cfg, trainer.dataset.store)
+    cfg.model.sample_latents = False
+    assert latent_cache_blocker(cfg, trainer.dataset.store) is None
+    cfg.dataset.image_keys = ("img", "wrist")  # several cameras: the automatic cache holds one
+    assert "2 cameras" in latent_cache_blocker(cfg, trainer.dataset.store)
     with pytest.raises(Exception, match="latent_cache"):
         _setup(data, "bad", latent_cache="maybe")
