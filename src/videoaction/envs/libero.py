@@ -81,7 +81,7 @@ class LiberoEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, suite: str, task_id: int, image_size: int = 128, max_steps: int | None = None,
-                 abs_action: bool = False, flip: str = "none", wrist: bool = True):
+                 abs_action: bool = False, flip: str = "none", wrist: bool = True, hard_reset: bool = True):
         bench = _suite(suite)
         from libero.libero import get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
@@ -93,7 +93,7 @@ class LiberoEnv(gym.Env):
         size = int(image_size)
         self.cameras = ("agentview", "robot0_eye_in_hand") if wrist else ("agentview",)
         self.env = OffScreenRenderEnv(bddl_file_name=str(bddl), camera_heights=size, camera_widths=size,
-                                      camera_names=list(self.cameras))
+                                      camera_names=list(self.cameras), hard_reset=hard_reset)
         self.env.seed(0)  # the initial state fixes the episode; LIBERO's evaluation seeds the sim once with 0
         for robot in self.env.robots:
             robot.controller.use_delta = not abs_action
@@ -151,7 +151,8 @@ class LiberoEnv(gym.Env):
 
 def build(variant: str, **kw) -> LiberoEnv:
     """kw: ``image_size`` (128), ``max_steps`` (the suite's), ``abs_action`` (False), ``flip`` ("none"),
-    ``wrist`` (True)."""
+    ``wrist`` (True), ``hard_reset`` (True: LIBERO's default, the scene is rebuilt from its XML at every reset;
+    False keeps the model and only restores the init state, much faster)."""
     suite, task = parse_variant(variant)
     if task is None:
         raise VideoActionError(f"libero:{variant} is a suite of {SUITES[suite][0]} tasks: evaluate it through "
