@@ -231,3 +231,39 @@ def test_train_both_stages_then_predict(tmp_path):
 
     with pytest.raises(ConfigError, match="fps: 7 .checkpoint. vs 4"):
         VPPPolicy(bad)
+
+
+def test_action_edm_loss_and_sampler_known_answers():
+    class Fixed(ActionHead):
+        def forward(self, x_in, c_noise, context):
+            self.seen = (x_in, c_noise)
+            return torch.full_like(x_in, 0.2)
+
+    cfg = ActionHeadConfig(dim=32, encoder_depth=1, decoder_depth=1, heads=4, goal_hidden=32)
+    head = Fixed(cfg, action_dim=3, n_actions=6, goal_dim=8, n_context=12)
+    a = torch.rand(4, 6, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    loss = head.loss(a, torch.zeros(4, 13, 32), generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    lo, hi = (torch.sigmoid(torch.tensor((np.log(v) - np.log(0.5)) / 0.5)) for v in (0.001, 80.0))
+    sigma = (torch.logit(torch.rand(4, generator=g) * (hi - lo) + lo) * 0.5 + np.log(0.5)).exp().view(4, 1, 1)
+    x = a + torch.randn(a.shape, generator=g) * sigma
+    sd = 0.5
+    c_skip, c_out, c_in = sd ** 2 / (sigma ** 2 + sd ** 2), sigma * sd / (sigma ** 2 + sd ** 2).sqrt(), \
+        1 / (sigma ** 2 + sd ** 2).sqrt()
+    assert torch.allclose(head.seen[0], x * c_in, atol=1e-5)
+    assert torch.allclose(head.seen[1], sigma.flatten().log() / 4, atol=1e-6)
+    assert float(loss) == pytest.approx(float(((0.2 - (a - c_skip * x) / c_out) ** 2).mean()), rel=1e-4)
+
+    # a denoiser that always answers `target` ends exactly there, with either sampler
+    target = torch.randn(2, 6, 3)
+    inputs = []
+    head.denoise = lambda x, s, ctx: inputs.append(x.clone()) or target.clone()
+    for sampler in ("ddim", "dpmpp_2m"):
+        inputs.clear()
+        out = head.sample(torch.zeros(2, 13, 32), steps=3, sigma_min=1.0, sigma_max=20.0, sampler=sampler,
+                          generator=torch.Generator().manual_seed(5))
+        assert torch.allclose(out, target)
+        s = ActionHead.sigmas(3, 1.0, 20.0)
+        x0 = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(5)) * 20.0
+        r = s[1] / s[0]  # DDIM (DPM-Solver-1): x' = (s'/s) x + (1 - s'/s) D; 2M equals it when D is constant
+        assert torch.allclose(inputs[0], x0) and torch.allclose(inputs[1], r * x0 + (1 - r) * target, atol=1e-5)
