@@ -70,3 +70,14 @@ def test_data_info_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "videoaction.cli", "data", "info", str(tmp_path / "missing")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "no dataset store" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_train_init_flag_reaches_the_run_config():
+    """`--init DIR` (stage 2) is a run-config field: the train parser must not read it as an abbreviation of its own
+    `--init-mar` / `--init-partial` flags."""
+    from videoaction.train.cli import build_parser, resolve_config
+
+    args, rest = build_parser().parse_known_args(["--preset", "dp-tiny", "--init", "runs/stage1", "--steps", "3"])
+    assert args.init_mar is None and not args.init_partial
+    cfg = resolve_config(args, rest)
+    assert cfg.init == "runs/stage1" and cfg.steps == 3

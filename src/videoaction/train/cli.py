@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     examples = "\n\n".join(__doc__.split("\n\n")[1:3]).replace("::", ":")
     p = argparse.ArgumentParser(prog="videoaction train", description=__doc__.split("\n\n")[0],
                                 epilog=examples + "\n\n" + EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--preset", help="named preset to start from (`videoaction presets` lists them)")
     p.add_argument("--config", help="a run's config.json to start from (re-creates that run)")
     p.add_argument("--init-mar", help="MAR checkpoint to initialise a UVA model from (name+shape matching)")
@@ -74,7 +74,7 @@ def resolve_config(args: argparse.Namespace, rest: list[str]):
     elif args.preset:
         base = get_preset(args.preset)
     else:
-        pre = argparse.ArgumentParser(add_help=False)
+        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         pre.add_argument("--out")
         pre.add_argument("--resume", action="store_true")
         known, _ = pre.parse_known_args(rest)
