@@ -7,6 +7,7 @@ carry information the first lacks, and each model's output must change when only
 from __future__ import annotations
 
 import json
+import os
 
 import gymnasium as gym
 import numpy as np
@@ -28,6 +29,7 @@ from videoaction.train.synthetic import TINY_DP, TINY_UVA, tiny_tokenizer
 from videoaction.train.trainer import TrainOptions, train
 
 torch.set_num_threads(1)
+os.environ.setdefault("MUJOCO_GL", "osmesa")  # before anything imports mujoco (its GL backend is fixed at import)
 
 CAMS = ["--dataset.image-keys", "img", "wrist_image"]
 QUIET = TrainOptions(progress=False, log=lambda m: None, val_batches=0)
@@ -234,3 +236,36 @@ def evaluate_policy_quietly(policy) -> dict:
     from videoaction.eval.runner import evaluate_policy
 
     return evaluate_policy(policy, "twocams", seeds=[0, 1], n_envs=2, max_steps=10, progress=False)
+
+
+# ------------------------------------------------------------------------------------------ Metaworld second camera
+def test_metaworld_renders_and_records_a_wrist_camera(tmp_path):
+    pytest.importorskip("metaworld")
+    from videoaction.demos.generate import close_cached_envs, generate, jobs_for
+    from videoaction.envs.spec import make_env
+
+    env = make_env("metaworld:reach", seed=0, image_size=24, max_steps=5, wrist_camera="gripperPOV")
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs["image"].shape == obs["wrist_image"].shape == (24, 24, 3)
+        assert not np.array_equal(obs["image"], obs["wrist_image"])  # another viewpoint
+        assert "wrist_image" in env.observation_space.spaces
+    finally:
+        env.close()
+    plain = make_env("metaworld:reach", seed=0, image_size=24, max_steps=5)
+    try:
+        assert "wrist_image" not in plain.reset(seed=0)[0]  # only when asked
+    finally:
+        plain.close()
+    with pytest.raises(VideoActionError, match="no camera 'nope'"):
+        make_env("metaworld:reach", image_size=24, wrist_camera="nope")
+
+    out = tmp_path / "mw.zarr"
+    try:
+        generate(jobs_for("metaworld", 1, 0, ["reach"], image_size=24, max_steps=6, wrist_camera="gripperPOV"),
+                 out, keep_failed=True, progress=False)
+    finally:
+        close_cached_envs()
+    store = EpisodeStore.open(out)
+    ep = store.get_episode(0, ["img", "wrist_image"])
+    assert ep["wrist_image"].shape == ep["img"].shape and ep["wrist_image"].dtype == np.uint8

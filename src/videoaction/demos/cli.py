@@ -17,9 +17,10 @@ __all__ = ["generate_kind", "main", "resolve_tasks"]
 
 def generate_kind(kind: str, out: str, episodes: int, seed: int = 0, tasks: list[str] | None = None,
                   keep_failed: bool = False, workers: int = 1, image_size: int = 96, max_steps: int = 0,
-                  camera: str = "", progress: bool = True) -> dict:
+                  camera: str = "", progress: bool = True, wrist_camera: str = "") -> dict:
     """Build the jobs for ``kind`` and run them (see :func:`videoaction.demos.generate.generate`)."""
-    jobs = jobs_for(kind, episodes, seed, tasks, image_size=image_size, max_steps=max_steps, camera=camera)
+    jobs = jobs_for(kind, episodes, seed, tasks, image_size=image_size, max_steps=max_steps, camera=camera,
+                    wrist_camera=wrist_camera)
     return generate(jobs, out, keep_failed=keep_failed, workers=workers, progress=progress)
 
 
@@ -39,10 +40,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-steps", type=int, default=0, help="0 = the environment's default (its EnvSpec)")
     p.add_argument("--camera", default="", help="render camera of environments with several (metaworld: corner2, "
                    "...); default: the environment's")
+    p.add_argument("--wrist-camera", default="", help="a second camera stored as wrist_image (metaworld: "
+                   "gripperPOV, behindGripper, corner3, ...); default: none")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     st = generate_kind(a.kind, a.out, a.episodes, a.seed, a.tasks, a.keep_failed, a.workers, a.image_size,
-                       a.max_steps, a.camera, progress=not a.no_progress)
+                       a.max_steps, a.camera, progress=not a.no_progress, wrist_camera=a.wrist_camera)
     print(f"attempted {st['attempted']} (skipped {st['skipped_already_done']} already done), succeeded "
           f"{st['succeeded']}, kept {st['kept']}; store has {st['n_episodes_in_store']} episodes; "
           f"{st['wall_seconds']:.1f}s")

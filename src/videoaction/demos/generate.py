@@ -14,6 +14,7 @@ class DemoConfig:
     max_steps: int = 0  # 0 = the environment's max steps (its EnvSpec)
     tasks: list[str] = field(default_factory=list)  # the tasks of multi-task environments
     camera: str = ""  # render camera, for environments that have several ("" = the environment's default)
+    wrist_camera: str = ""  # a second camera stored as ``wrist_image``, for environments that have one ("" = none)
 
 
 _CACHE: dict = {}
@@ -60,14 +61,15 @@ def job_key(task: str, seed: int) -> str:
 
 
 def jobs_for(kind: str, episodes: int, seed: int = 0, tasks: list[str] | None = None, image_size: int = 96,
-             max_steps: int = 0, camera: str = "") -> list[tuple]:
+             max_steps: int = 0, camera: str = "", wrist_camera: str = "") -> list[tuple]:
     """Jobs ``(cfg, task, seed)``: seeds S..S+N-1 (per task for multi-task environments), in a fixed order."""
     from videoaction.envs import get_env_spec
 
     spec = get_env_spec(kind)
     spec.demo_recorder()  # an environment without scripted demonstrations is an error naming those with them
     task_list = resolve_tasks(kind, tasks)
-    cfg = DemoConfig(kind=kind, image_size=image_size, max_steps=max_steps, tasks=task_list, camera=camera)
+    cfg = DemoConfig(kind=kind, image_size=image_size, max_steps=max_steps, tasks=task_list, camera=camera,
+                     wrist_camera=wrist_camera)
     return [(cfg, t, seed + i) for t in task_list for i in range(episodes)]
 
 

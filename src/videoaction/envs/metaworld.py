@@ -6,6 +6,11 @@ The 39-d state is Metaworld's own observation (``SawyerXYZEnv._get_obs``, metawo
 quaternions (padded), ``[18:36]`` the same 18 values of the previous step, ``[36:39]`` goal position (zeros when the
 goal is not observable). The standard low-dim observation is ``state[:4]`` (hand xyz + gripper); the rest holds
 object and goal poses and is privileged.
+
+A second camera: ``wrist_camera="gripperPOV"`` (any MuJoCo camera of the scene: topview, corner, corner2, corner3,
+corner4, behindGripper, gripperPOV) adds ``wrist_image`` to every observation, rendered at the same size
+(``make_env("metaworld:reach", wrist_camera="gripperPOV")``; ``videoaction demos metaworld --wrist-camera
+gripperPOV`` stores it as ``wrist_image`` next to ``img``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from videoaction.envs.spec import EnvSpec, MetricSpec, ObservationProtocol, register_env
 from videoaction.errors import VideoActionError
 
+WRIST_KEY = "wrist_image"  # observation (and demo store) key of the second camera
 MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
 
@@ -94,7 +100,7 @@ class MetaworldEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, task: str, image_size: int | tuple[int, int] = 96, camera: str = "corner2",
-                 max_steps: int = 500, goal_observable: bool = True):
+                 max_steps: int = 500, goal_observable: bool = True, wrist_camera: str = ""):
         ensure_headless_gl()
         try:
             from metaworld.env_dict import ALL_V3_ENVIRONMENTS
@@ -113,6 +119,7 @@ class MetaworldEnv(gym.Env):
         env._freeze_rand_vec, env.seeded_rand_vec, env._set_task_called = False, True, True
         env.max_path_length = max_steps
         self.env, self.task, self.camera, self.max_steps = env, task, camera, max_steps
+        self.wrist_camera = wrist_camera
         self.language = instruction(task)
         try:
             import mujoco
@@ -120,24 +127,35 @@ class MetaworldEnv(gym.Env):
             self._renderer = mujoco.Renderer(env.model, h, w)
         except Exception as exc:  # no OpenGL backend
             raise VideoActionError(_gl_help(exc)) from None
+        names = [mujoco.mj_id2name(env.model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(env.model.ncam)]
+        for cam in (camera, wrist_camera):
+            if cam and cam not in names:
+                raise VideoActionError(f"Metaworld {task}: no camera {cam!r}; cameras of the scene: {names}")
         self.action_space = gym.spaces.Box(-1, 1, (4,), np.float32)
-        self.observation_space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
-                                                  "state": gym.spaces.Box(-np.inf, np.inf, (39,), np.float32)})
+        spaces = {"image": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
+                  "state": gym.spaces.Box(-np.inf, np.inf, (39,), np.float32)}
+        if wrist_camera:
+            spaces[WRIST_KEY] = spaces["image"]
+        self.observation_space = gym.spaces.Dict(spaces)
         self._t = 0
         self.last_raw_obs = None
 
-    def render(self) -> np.ndarray:
+    def render(self, camera: str | None = None) -> np.ndarray:
+        """The frame of ``camera`` (default: the main camera) as uint8 (H, W, 3)."""
         import mujoco
 
         r = self._renderer
-        r.update_scene(self.env.data, camera=self.camera)
+        r.update_scene(self.env.data, camera=camera or self.camera)
         r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0  # 2-5x faster on OSMesa, same content
         r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         return np.ascontiguousarray(r.render()[::-1, ::-1])  # MuJoCo images are upside down (as LeRobot flips)
 
     def _obs(self, raw):
         self.last_raw_obs = raw
-        return {"image": self.render(), "state": np.asarray(raw, dtype=np.float32)}
+        obs = {"image": self.render(), "state": np.asarray(raw, dtype=np.float32)}
+        if self.wrist_camera:
+            obs[WRIST_KEY] = self.render(self.wrist_camera)
+        return obs
 
     def reset(self, seed=None, options=None):
         super().reset(seed=seed)
@@ -162,7 +180,8 @@ class MetaworldEnv(gym.Env):
 
 # ------------------------------------------------------------------------------------------------ spec
 def build(variant: str, **kw) -> MetaworldEnv:
-    """kw: ``image_size`` (96), ``camera`` ("corner2"), ``max_steps`` (500), ``goal_observable`` (True)."""
+    """kw: ``image_size`` (96), ``camera`` ("corner2"), ``max_steps`` (500), ``goal_observable`` (True),
+    ``wrist_camera`` ("" = none; e.g. "gripperPOV": adds ``wrist_image``)."""
     if not variant:
         raise VideoActionError(f"metaworld spec needs a task, e.g. 'metaworld:reach-v3'; valid: {mt50()}")
     return MetaworldEnv(variant, **kw)
@@ -177,7 +196,7 @@ SPEC = register_env(EnvSpec(
     description="Metaworld 3.x single tasks (sawyer arm, 4-d actions: hand dx, dy, dz, gripper)",
     variant_hint="<task>[,<task>...] | MT10 | MT50",
     expand=resolve_tasks, instruction=_instruction,
-    observation=ObservationProtocol(image_keys=("image",), state_key="state", proprio_dims=4,
+    observation=ObservationProtocol(image_keys=("image", WRIST_KEY), state_key="state", proprio_dims=4,
                                     proprio_doc="hand x, y, z + gripper opening (Metaworld state[0:4])",
                                     privileged_state_dims=39),
     max_steps=500, seed_start=100_000, metrics=MetricSpec(),
