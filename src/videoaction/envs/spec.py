@@ -26,6 +26,7 @@ BUILTIN_ENV_MODULES: tuple[str, ...] = (
     "videoaction.envs.metaworld",
     "videoaction.envs.libero",
     "videoaction.envs.robosuite_tasks",
+    "videoaction.envs.calvin",
 )
 
 
