@@ -102,14 +102,12 @@ def _breakdown(preset: str, policy, obs, device: str, iters: int, warmup: int, l
     """Component times (p50 ms): preprocessing + image/proprio encoding, and one U-Net denoising pass."""
     m = policy.mcfg
     with torch.inference_mode():
-        h = policy.history_inputs(obs)
-        cond = policy._global_cond(h["image"], h.get("state"))
+        cond = policy._global_cond(policy.history_inputs(obs))
     traj = torch.randn(1, policy.horizon, m.action_dim, device=policy.device)
     t = torch.tensor(50, device=policy.device)
 
     def encode():
-        h = policy.history_inputs(obs)
-        return policy._global_cond(h["image"], h.get("state"))
+        return policy._global_cond(policy.history_inputs(obs))
 
     parts = {"encode_ms": encode, "unet_step_ms": lambda: policy.model(traj, t, cond)}
     rec = {"model": "dp", "benchmark": "dp_latency_breakdown", "preset": preset, "device": device,
