@@ -23,10 +23,13 @@ from videoaction.utils.io import atomic_write_json
 QUICK_KWARGS = {
     "videoaction.benchmarks.uva_latency": {"presets": ("uva-tiny",)},
     "videoaction.benchmarks.dp_latency": {"presets": ("dp-tiny",)},
+    "videoaction.benchmarks.vpp_latency": {"presets": ("vpp-tiny",)},
 }
 
 SECTIONS = {
-    "latency": ["videoaction.benchmarks.uva_latency", "videoaction.benchmarks.dp_latency"],
+    "latency": ["videoaction.benchmarks.uva_latency", "videoaction.benchmarks.dp_latency",
+                "videoaction.benchmarks.vpp_latency"],
+    "vpp": ["videoaction.benchmarks.vpp_latency"],  # VPP's per-stage latency alone
     "training": ["videoaction.benchmarks.training"],
     "data": ["videoaction.benchmarks.demos"],
     "serve": ["videoaction.benchmarks.serve_load"],
@@ -70,7 +73,9 @@ def print_tables(report: dict) -> None:
         for r in report["latency"]:
             cache = "  (history latent cache)" if r.get("latent_cache") else ""
             print(f"{r['model']:<6}{r['preset']:<12}{r['sampler']:<10}{r['steps']:>6}{r['p50_ms']:>10.1f}"
-                  f"{r['p90_ms']:>10.1f}{cache}")
+                  f"{r.get('p90_ms', float('nan')):>10.1f}{cache}")
+            if r.get("stages_ms"):  # VPP: median ms per stage
+                print("        stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()))
     for r in report.get("ratios", []):
         ok = "meets" if r["ratio_p50"] <= r["target"] else "misses"
         print(f"  [{r['scale']}] {r['comparison']}: {r['ratio_p50']:.3f} ({ok} target <= {r['target']})")
@@ -131,8 +136,11 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     errors: list[str] = []
     report: dict = {"latency": [], "training": [], "data": {}, "machine": machine_info(), "quick": args.quick}
-    for section in args.sections:
-        for module in SECTIONS[section]:
+    for chosen in dict.fromkeys(args.sections):
+        section = "latency" if chosen == "vpp" else chosen  # VPP's rows join the latency table
+        for module in SECTIONS[chosen]:
+            if chosen == "vpp" and "latency" in args.sections:
+                continue  # already in the latency section
             result = _run_module(module, args.quick, errors)
             if result is None:
                 continue
