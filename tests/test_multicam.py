@@ -162,9 +162,18 @@ def test_uva_trains_on_two_cameras_and_uses_the_second(data):
                                                    "--model.tokenizer.path", str(tok), *TINY_UVA,
                                                    "--optim.batch-size", "2", "--optim.lr", "1e-2",
                                                    "--model.task-modes", "policy_model", *CAMS])
-    result = train(cfg, QUIET)
+    result = train(cfg, QUIET)  # through the run's latent cache: one latent key per camera
     assert np.isfinite(result.losses).all()
+    cache = SequenceDataset(root / "uva" / "latents.zarr", cfg.dataset, split="all")
+    assert cache.use_latents and cache.frame_keys == ["latent", "latent_wrist_image"]
+    assert cache[0]["latent"].shape == cache[0]["latent_wrist_image"].shape
     policy = load_policy(root / "uva").eval()
+    images = SequenceDataset(store, cfg.dataset, split="all", augment=False)[0]
+    with torch.no_grad():
+        for cam in ("image", "wrist_image"):  # each camera's cached latents are its own frames' encoding
+            want = policy.encode_frames(images[cam][None])[0]
+            got = cache[0]["latent" if cam == "image" else "latent_wrist_image"]
+            torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)  # float16 storage
     single = parse_overrides(get_preset("uva-tiny"), ["--model.tokenizer.path", str(tok), *TINY_UVA])
     s = policy.tokenizer.stride
     h = single.dataset.image_size // s

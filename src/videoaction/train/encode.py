@@ -94,16 +94,20 @@ def encode_shard(source: EpisodeStore, shard_path: Path, episodes: tuple[int, in
     shard = EpisodeStore.open(shard_path, mode="a")
     if shard.attrs.get("complete"):
         return
+    from videoaction.config import camera_keys, camera_latent_key, store_image_keys
+
     low_dim = copy_low_dim_keys(source)
+    cams = list(zip(camera_keys(dcfg), store_image_keys(dcfg)))  # (camera, store key): "latent", "latent_<camera>"
     a, b = episodes
     for ep in range(a + shard.n_episodes, b):
-        data = source.get_episode(ep, [dcfg.image_key] + low_dim)
-        frames = data.pop(dcfg.image_key)
-        latents = []
-        for s in range(0, len(frames), batch_size):
-            x = _frames_to_input(frames[s: s + batch_size], dcfg).to(device)
-            latents.append(tokenizer.encode(x, sample=False).float().cpu().numpy())
-        data["latent"] = np.concatenate(latents).astype(dtype)
+        data = source.get_episode(ep, [key for _, key in cams] + low_dim)
+        for camera, key in cams:
+            frames = data.pop(key)
+            latents = []
+            for s in range(0, len(frames), batch_size):
+                x = _frames_to_input(frames[s: s + batch_size], dcfg).to(device)
+                latents.append(tokenizer.encode(x, sample=False).float().cpu().numpy())
+            data[camera_latent_key(camera)] = np.concatenate(latents).astype(dtype)
         shard.add_episode(data, source.episode_meta(ep))
         if progress is not None:
             progress.update(len(frames))
@@ -126,11 +130,13 @@ def encode_store(data, out, tokenizer_spec, shards: int = 1, batch_size: int = 6
                  image_size: int | None = None, crop_ratio: float | None = None, image_key: str | None = None,
                  device: str = "auto", shard_index: int | None = None, merge_only: bool = False,
                  overwrite: bool = False, progress: bool = True, log=print,
-                 restart_stale: bool = False) -> Path | None:
+                 restart_stale: bool = False, image_keys: tuple[str, ...] = (),
+                 camera_names: tuple[str, ...] = ()) -> Path | None:
     """Encode ``data`` into the latent store ``out``; returns ``out`` once merged (None for a lone shard job).
 
     ``tokenizer_spec``: as ``--tokenizer``, or a ``TokenizerConfig``. ``restart_stale``: partial shards of another
-    job (other tokenizer / transform / shards) are deleted instead of being an error."""
+    job (other tokenizer / transform / shards) are deleted instead of being an error. ``image_keys`` /
+    ``camera_names``: several cameras (as ``DatasetConfig``), each encoded into ``latent`` / ``latent_<camera>``."""
     from videoaction.config import DatasetConfig
     from videoaction.nn.tokenizer import build_tokenizer, resolved_config
 
@@ -143,9 +149,13 @@ def encode_store(data, out, tokenizer_spec, shards: int = 1, batch_size: int = 6
     tok_cfg, defaults = resolve_tokenizer(tokenizer_spec)
     dcfg = DatasetConfig(image_key=image_key or defaults.get("image_key", "img"),
                          image_size=image_size or defaults.get("image_size", 64),
-                         crop_ratio=crop_ratio if crop_ratio is not None else defaults.get("crop_ratio", 1.0))
-    if dcfg.image_key not in source.keys:
-        raise EncodeError(f"{data}: no image key '{dcfg.image_key}' (keys: {source.keys}); pass --image-key")
+                         crop_ratio=crop_ratio if crop_ratio is not None else defaults.get("crop_ratio", 1.0),
+                         image_keys=tuple(image_keys), camera_names=tuple(camera_names))
+    if image_keys:
+        dcfg.image_key = image_keys[0]
+    for key in dcfg.image_keys or (dcfg.image_key,):
+        if key not in source.keys:
+            raise EncodeError(f"{data}: no image key '{key}' (keys: {source.keys}); pass --image-key")
     tokenizer = build_tokenizer(tok_cfg)
     tok_cfg = resolved_config(tokenizer, tok_cfg)
     if dcfg.image_size % tokenizer.stride:
@@ -156,6 +166,10 @@ def encode_store(data, out, tokenizer_spec, shards: int = 1, batch_size: int = 6
             "fingerprint": weights_fingerprint(tok_cfg.path), "image_size": dcfg.image_size,
             "crop_ratio": dcfg.crop_ratio, "image_key": dcfg.image_key, "source": str(Path(data).resolve()),
             "source_image_shape": list(source.spec(dcfg.image_key)[0]), "dtype": dtype}
+    if len(dcfg.image_keys) > 1:  # several cameras (single-camera caches keep their exact record)
+        from videoaction.config import camera_keys
+
+        info["image_keys"], info["camera_names"] = list(dcfg.image_keys), list(camera_keys(dcfg))
     attrs = {**{k: v for k, v in source.attrs.items() if k != LATENT_ATTR}, LATENT_ATTR: info}
     ranges = shard_ranges(source.n_episodes, shards)
     shard_dir = out.parent / f"{out.name}.shards"

@@ -119,10 +119,11 @@ def latent_cache_blocker(cfg, store: EpisodeStore) -> str | None:
         return f"the {cfg.family} model has no tokenizer"
     if uses_latents(store, cfg):
         return "the store already holds latents"
-    if len(ds.image_keys) > 1:
-        return f"the run uses {len(ds.image_keys)} cameras (the cache encodes one image key)"
-    if ds.image_key not in store.keys:
-        return f"the store has no image key '{ds.image_key}'"
+    from videoaction.config import store_image_keys
+
+    missing = [k for k in store_image_keys(ds) if k not in store.keys]
+    if missing:
+        return f"the store has no image key '{missing[0]}'"
     if tok.path is None:
         return "the tokenizer has no weights (model.tokenizer.path)"
     if not getattr(tok, "frozen", True):
@@ -144,6 +145,12 @@ def _cache_matches(path: Path, cfg, tok) -> bool:
     ds = cfg.dataset
     want = {"source": str(Path(cfg.data).resolve()), "fingerprint": weights_fingerprint(tok.path),
             "image_size": ds.image_size, "crop_ratio": ds.crop_ratio, "image_key": ds.image_key}
+    if len(ds.image_keys) > 1:
+        from videoaction.config import camera_keys
+
+        want.update(image_key=ds.image_keys[0], image_keys=list(ds.image_keys), camera_names=list(camera_keys(ds)))
+    elif ds.image_keys:  # one camera named by image_keys
+        want["image_key"] = ds.image_keys[0]
     return all(info.get(k) == v for k, v in want.items())
 
 
@@ -172,6 +179,7 @@ def auto_latent_cache(cfg, store: EpisodeStore, run_dir: Path, log: Log, wait: C
 
         encode_store(cfg.data, out, tok, shards=max(1, int(os.environ.get("WORLD_SIZE", 1))),
                      image_size=ds.image_size, crop_ratio=ds.crop_ratio, image_key=ds.image_key, device=device,
+                     image_keys=ds.image_keys, camera_names=ds.camera_names,
                      overwrite=out.exists(), restart_stale=True, progress=progress, log=log)
         wait()
     return EpisodeStore.open(out)
