@@ -278,3 +278,16 @@ def test_metaworld_renders_and_records_a_wrist_camera(tmp_path):
     store = EpisodeStore.open(out)
     ep = store.get_episode(0, ["img", "wrist_image"])
     assert ep["wrist_image"].shape == ep["img"].shape and ep["wrist_image"].dtype == np.uint8
+
+
+def test_encode_cli_writes_one_latent_key_per_camera(data, tmp_path):
+    from videoaction.train.encode import main
+
+    _, store, tok = data
+    out = tmp_path / "lat.zarr"
+    assert main(["--data", str(store), "--out", str(out), "--tokenizer", str(tok), "--image-size", "32",
+                 "--image-keys", "img", "wrist_image", "--no-progress", "--device", "cpu"]) == 0
+    lat = EpisodeStore.open(out)
+    assert {"latent", "latent_wrist_image", "action", "state"} <= set(lat.keys) and "img" not in lat.keys
+    assert not np.array_equal(lat.get_episode(0, ["latent"])["latent"],
+                              lat.get_episode(0, ["latent_wrist_image"])["latent_wrist_image"])

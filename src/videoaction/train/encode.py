@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, help="model input size (default: the tokenizer's / run's)")
     p.add_argument("--crop-ratio", type=float, help="centre-crop fraction before resizing (default: the run's, else 1)")
     p.add_argument("--image-key", help="image key of the store (default: the run's, else img)")
+    p.add_argument("--image-keys", nargs="+", default=(), help="several cameras: their store keys, main camera "
+                   "first (written as latent, latent_<key>; as the run's dataset.image_keys)")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     encode_store(args.data, args.out, args.tokenizer, args.shards, args.batch_size, args.dtype, args.image_size,
                  args.crop_ratio, args.image_key, args.device, args.shard_index, args.merge_only, args.overwrite,
-                 not args.no_progress)
+                 not args.no_progress, image_keys=tuple(args.image_keys))
     return 0
 
 
