@@ -93,6 +93,10 @@ class DatasetConfig:
     # used_episode_indices_file; train/val are split among them
     action_norm: str = "minmax"  # minmax | meanstd | identity
     state_norm: str = "minmax"
+    # what the actions mean (videoaction.envs.action_conventions: abs_rot6d10, delta_axis_angle7, rel_rot6d10 ...);
+    # "" = taken from the store's ``action_convention`` attribute at training (format readers write it); evaluation
+    # converts the policy's chunks into the environment's convention
+    action_convention: str = ""
 
 
 def store_image_keys(ds: DatasetConfig) -> tuple[str, ...]:

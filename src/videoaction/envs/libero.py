@@ -100,6 +100,7 @@ class LiberoEnv(gym.Env):
         self.suite, self.task_id, self.task_name, self.language = suite, task_id, task.name, task.language
         self.max_steps = int(max_steps or SUITES[suite][1])
         self.abs_action, self.flip, self._t = abs_action, flip, 0
+        self.action_convention = "abs_axis_angle7" if abs_action else "delta_axis_angle7"
         self.action_space = action_box(abs_action, z_range=(0.4, 1.4))
         spaces = {"image": gym.spaces.Box(0, 255, (size, size, 3), np.uint8),
                   "state": gym.spaces.Box(-np.inf, np.inf, (8,), np.float32)}
@@ -149,6 +150,12 @@ class LiberoEnv(gym.Env):
         self.env.close()
 
 
+# LIBERO hdf5 camera names (and robosuite's) -> this env's observation keys; the reader's ``state`` (ee_states +
+# gripper_states) is the env's ``state`` as it is
+DATASET_KEYS = {"agentview_rgb": "image", "eye_in_hand_rgb": "wrist_image", "agentview_image": "image",
+                "robot0_eye_in_hand_image": "wrist_image"}
+
+
 def build(variant: str, **kw) -> LiberoEnv:
     """kw: ``image_size`` (128), ``max_steps`` (the suite's), ``abs_action`` (False), ``flip`` ("none"),
     ``wrist`` (True), ``hard_reset`` (True: LIBERO's default, the scene is rebuilt from its XML at every reset;
@@ -167,7 +174,9 @@ SPEC = register_env(EnvSpec(
     expand=expand, instruction=instruction,
     observation=ObservationProtocol(
         image_keys=("image", "wrist_image"), state_key="state", proprio_dims=8,
-        proprio_doc="end-effector position (3) + axis-angle (3) + gripper finger qpos (2)", privileged_state_dims=8),
+        proprio_doc="end-effector position (3) + axis-angle (3) + gripper finger qpos (2)", privileged_state_dims=8,
+        key_aliases=DATASET_KEYS),
+    action_convention="delta_axis_angle7", ee_pose=lambda obs: obs["state"][..., :6],
     max_steps=max(m for _, m in SUITES.values()), seed_start=0,
     metrics=MetricSpec(definitions={
         "success_rate": "fraction of episodes whose task goal (BDDL check_success) holds at any step; headline = "

@@ -131,6 +131,7 @@ class ToolHangEnv(gym.Env):
                               camera_names=list(self.cameras), camera_heights=h, camera_widths=w,
                               reward_shaping=False, control_freq=20, ignore_done=True, hard_reset=False)
         self.max_steps, self.abs_action, self.flip, self._t = int(max_steps), abs_action, flip, 0
+        self.action_convention = "abs_axis_angle7" if abs_action else "delta_axis_angle7"
         self.language = "Hang the tool on the frame."
         self.action_space = action_box(abs_action, z_range=(0.8, 1.4))
         self.observation_space = gym.spaces.Dict({
@@ -196,7 +197,10 @@ SPEC = register_env(EnvSpec(
     observation=ObservationProtocol(
         image_keys=("image", "wrist_image"), state_key="state", proprio_dims=9,
         proprio_doc="robot0_eef_pos (3) + robot0_eef_quat (4, x y z w) + robot0_gripper_qpos (2)",
-        privileged_state_dims=9),
+        privileged_state_dims=9,
+        key_aliases={"sideview_image": "image", "agentview_image": "image", "robot0_eye_in_hand_image": "wrist_image"}),
+    action_convention="abs_axis_angle7",
+    ee_pose=lambda obs: np.concatenate([obs["state"][..., :3], quat_to_axis_angle(obs["state"][..., 3:7])], -1),
     max_steps=TOOL_HANG_MAX_STEPS, seed_start=100_000,
     metrics=MetricSpec(definitions={
         "success_rate": "fraction of episodes where ToolHang's _check_success() holds at any step (robomimic)",

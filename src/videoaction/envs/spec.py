@@ -50,6 +50,10 @@ class ObservationProtocol:
     proprio_dims: int = 0
     proprio_doc: str = ""
     privileged_state_dims: int = 0
+    # dataset key -> this environment's observation key, for the names the benchmark's datasets use for the same
+    # camera (LIBERO hdf5 ``eye_in_hand_rgb`` -> ``wrist_image``): a policy trained on such a store and asking for
+    # ``eye_in_hand_rgb`` is given ``wrist_image``. Declared once, here; see :func:`observation_key_map`.
+    key_aliases: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,12 @@ class EnvSpec:
     packages: tuple[str, ...] = ()  # distributions whose versions every result records
     demo: str | None = None
     demo_tasks: Callable[[Sequence[str] | None], list[str]] | None = None
+    # what the env's actions mean with its default options (videoaction.envs.action_conventions; "" undeclared);
+    # an env instance's ``action_convention`` attribute overrides it when an option (abs_action) changes it (an env
+    # whose spec declares a convention must carry the attribute: subprocess envs are asked for it)
+    action_convention: str = ""
+    # batched observation {key: (B, ...)} -> (B, 6) end-effector position + axis-angle (relative action conversion)
+    ee_pose: Callable[[Mapping[str, Any]], Any] | None = None
 
     @property
     def env_family(self) -> str:
@@ -246,6 +256,7 @@ def check_observation_protocol(spec: EnvSpec, policy_obs_spec: Mapping[str, Any]
     keys, state_dims = [], 0
     for key, v in policy_obs_spec.items():
         shape = tuple(getattr(v, "shape", v))
+        key = proto.key_aliases.get(key, key)
         if key in proto.image_keys or key in runner_keys:
             keys.append(key)
             continue
@@ -268,6 +279,15 @@ def check_observation_protocol(spec: EnvSpec, policy_obs_spec: Mapping[str, Any]
     return {"keys": keys, "state_dims": state_dims, "privileged_state": state_dims > proto.proprio_dims}
 
 
+def observation_key_map(spec: EnvSpec, policy_keys: Sequence[str]) -> dict[str, str]:
+    """{policy key: environment key} for the policy keys the environment gives under another name (its
+    ``key_aliases``); keys the environment gives as they are need no entry."""
+    proto = spec.observation
+    env_keys = {*proto.image_keys, *([proto.state_key] if proto.state_key else [])}
+    return {k: proto.key_aliases[k] for k in policy_keys if k not in env_keys and k in proto.key_aliases}
+
+
 __all__ = ["BUILTIN_ENV_MODULES", "EnvSpec", "MetricSpec", "ObservationProtocol", "ObservationProtocolError",
            "UnknownEnvError", "check_observation_protocol", "demo_env_names", "expand_env", "get_env_spec",
-           "make_env", "register_env", "registered_envs", "resolve", "unregister_env", "valid_specs"]
+           "make_env", "observation_key_map", "register_env", "registered_envs", "resolve", "unregister_env",
+           "valid_specs"]

@@ -112,7 +112,8 @@ def _make_vector_env(spec: str, n_envs: int, seed: int, env_fn: Callable, env_kw
 def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs: int, max_steps: int,
                  record_video: int = 0, env_fn: Callable | None = None, env_kwargs: dict | None = None,
                  vector: str = "sync", stop_on_success: bool = True, progress: bool = True,
-                 sync_chunks: bool = True, tracked_info: Sequence[str] = ()) -> dict:
+                 sync_chunks: bool = True, tracked_info: Sequence[str] = (), key_map: Mapping[str, str] | None = None,
+                 action_convention: str | None = None) -> dict:
     """Roll out one episode per seed in ``spec``. Returns ``{"episodes": [...], "frames": {seed: (T,H,W,3)},
     "env_steps": int, "policy_calls": int, "policy_s": float, "wall_s": float}`` (episodes in seed order).
 
@@ -120,6 +121,9 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
     next episode, so the policy is always called once per chunk for all sub-envs (a few idle env steps are far
     cheaper than extra model calls); False starts it at once. ``tracked_info``: per-step ``info`` keys recorded per
     episode as ``initial_<k>`` (at reset), ``max_<k>`` and ``final_<k>`` (over the steps; the EnvSpec's metrics).
+    ``key_map``: {policy key: env key} for observations the env names differently (the EnvSpec's
+    ``key_aliases``); ``action_convention``: the policy's, converted to the env's
+    (:func:`videoaction.envs.action_conventions.chunk_converter`) before stepping.
     """
     from tqdm.auto import tqdm
 
@@ -133,6 +137,7 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
     venv = _make_vector_env(spec, n_envs, seeds[0], env_fn, env_kwargs, vector)
     try:
         adapter.bind(venv.single_action_space)
+        convert = _action_converter(venv, spec, action_convention)
         language = _env_language(venv)  # instruction per slot (language-conditioned envs) or None
         queue = deque(enumerate(seeds))  # (episode index, seed)
         pending = [queue.popleft() for _ in range(n_envs)]
@@ -196,12 +201,17 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
             if need:
                 stacked = [histories[i].stacked() for i in need]
                 batch = {k: np.stack([s[k] for s in stacked]) for k in stacked[0]}
+                for policy_key, env_key in (key_map or {}).items():
+                    if env_key in batch:
+                        batch[policy_key] = batch[env_key]
                 if all(language[i] is not None for i in need):
                     batch["language"] = [language[i] for i in need]
                 tp = time.perf_counter()
                 chunk = adapter.act(batch)  # (len(need), Ta, A)
                 policy_s += time.perf_counter() - tp
                 policy_calls += 1
+                if convert is not None:  # the policy's action convention -> the env's, at the chunk start
+                    chunk = convert(chunk, {k: v[:, -1] for k, v in batch.items() if isinstance(v, np.ndarray)})
                 if chunk.shape[0] != len(need):
                     raise VideoActionError(f"policy returned {chunk.shape[0]} action chunks for {len(need)} "
                                            "observations")
@@ -257,7 +267,24 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
     episodes = [results[e] for e in range(len(seeds))]
     return {"episodes": episodes, "frames": {seeds[e]: np.stack(f) for e, f in frames.items() if f},
             "env_steps_active": int(sum(e["steps"] for e in episodes)), "env_steps": env_steps,
-            "policy_calls": policy_calls, "policy_s": policy_s, "wall_s": time.perf_counter() - t0}
+            "policy_calls": policy_calls, "policy_s": policy_s, "wall_s": time.perf_counter() - t0,
+            "action_conversion": getattr(convert, "description", None)}
+
+
+def _action_converter(venv, spec: str, policy_convention: str | None):
+    """The chunk converter from the policy's action convention to the env's (the env instance's
+    ``action_convention`` attribute, else its EnvSpec's), or None."""
+    from videoaction.envs.action_conventions import chunk_converter
+    from videoaction.envs.spec import get_env_spec
+
+    env_spec = get_env_spec(spec)
+    env_convention = env_spec.action_convention
+    envs = getattr(venv, "envs", None)  # in-process envs: read the attribute where it exists
+    if envs:
+        env_convention = getattr(envs[0].unwrapped, "action_convention", None) or env_convention
+    elif env_convention:  # subprocess envs: a spec that declares a convention has instances that carry it
+        env_convention = venv.get_attr("action_convention")[0] or env_convention
+    return chunk_converter(policy_convention, env_convention, env_spec.ee_pose)
 
 
 # ------------------------------------------------------------------------------------------------ public entry
@@ -269,7 +296,7 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
                     stop_on_success: bool = True, progress: bool = True, torch_seed: int = 0,
                     video_fps: int = 10, video_upscale: int = 1, predict_kwargs: Mapping[str, Any] | None = None,
                     extra: Mapping[str, Any] | None = None, results_file: str = "results.json",
-                    privileged_state: bool | None = None) -> dict:
+                    privileged_state: bool | None = None, action_convention: str | None = None) -> dict:
     """Evaluate ``policy`` (a videoaction Policy, a checkpoint directory, or a callable ``obs -> (B, Ta, A)``;
     callables with ``n_obs_steps == 1`` get unstacked ``(B, ...)`` observations) in ``env_spec``.
 
@@ -282,9 +309,13 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
     observation (default: only when its preset name contains ``privileged_state``); see
     :func:`videoaction.envs.spec.check_observation_protocol`. Returns the results dict (``metrics`` = headline
     numbers; ``tasks`` = per-task metrics and per-episode records; ``observation``; ``versions``; ``seeds``;
-    ``timing``).
+    ``timing``). ``action_convention``: what the policy's actions mean (default: the policy's
+    ``action_convention`` or its run config's ``dataset.action_convention``); chunks are converted to the
+    environment's convention (:mod:`videoaction.envs.action_conventions`), and observations the environment names
+    differently reach the policy under its own keys (the spec's ``key_aliases``).
     """
-    from videoaction.envs.spec import check_observation_protocol, get_env_spec
+    from videoaction.envs.action_conventions import policy_action_convention
+    from videoaction.envs.spec import check_observation_protocol, get_env_spec, observation_key_map
     from videoaction.eval.video import save_png, upscale, write_mp4
     from videoaction.utils.io import atomic_write_json
 
@@ -301,6 +332,11 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
     if privileged_state is None:
         privileged_state = PRIVILEGED_LABEL in str(getattr(getattr(adapter.policy, "cfg", None), "preset", "") or "")
     observation = check_observation_protocol(spec, adapter.spec, privileged=bool(privileged_state))
+    key_map = observation_key_map(spec, list(adapter.spec or {}))
+    if key_map:
+        observation["key_map"] = key_map
+    action_convention = action_convention or policy_action_convention(adapter.policy)
+    conversions: set = set()
     out = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(torch_seed)
     tasks: dict[str, dict] = {}
@@ -309,14 +345,16 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
     for task in expand_env_spec(env_spec):
         run = run_episodes(adapter, task, seeds, n_envs, max_steps, record_video=record_video, env_fn=env_fn,
                            env_kwargs=env_kwargs, vector=vector, stop_on_success=stop_on_success, progress=progress,
-                           sync_chunks=sync_chunks, tracked_info=ms.tracked_info)
+                           sync_chunks=sync_chunks, tracked_info=ms.tracked_info, key_map=key_map,
+                           action_convention=action_convention)
+        conversions.add(run["action_conversion"])
         for k in timing:
             timing[k] += run[k]
         for ep in run["episodes"]:
             ep["video"] = None
         if out is not None:
             for seed, fr in run["frames"].items():
-                name = f"videos/{task.replace(':', '_').replace(',', '_')}_seed{seed}.mp4"
+                name = f"videos/{video_slug(task)}_seed{seed}.mp4"
                 write_mp4(out / name, upscale(fr, video_upscale), fps=video_fps)
                 save_png(out / name.replace(".mp4", ".png"), upscale(fr[-1], video_upscale))  # poster: last frame
                 next(e for e in run["episodes"] if e["seed"] == seed)["video"] = name
@@ -351,7 +389,8 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
                      "n_action_steps": adapter.n_action_steps, "stop_on_success": stop_on_success,
                      "vector": vector, "sync_chunks": sync_chunks, "torch_seed": torch_seed,
                      "env_kwargs": dict(env_kwargs or {}), "render_backend": spec.render_backend,
-                     "predict_kwargs": dict(adapter.predict_kwargs)},
+                     "predict_kwargs": dict(adapter.predict_kwargs), "action_convention": action_convention,
+                     "action_conversion": sorted(c for c in conversions if c) or None},
         "versions": package_versions((*VERSION_PACKAGES, *spec.packages)),
         "timing": timing,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -361,6 +400,11 @@ def evaluate_policy(policy: Any, env_spec: str, seeds: Sequence[int] | None = No
     if out is not None:
         atomic_write_json(out / results_file, results)
     return results
+
+
+def video_slug(task: str) -> str:
+    """A task spec string as one file name: ``libero:libero_10/0`` -> ``libero_libero_10_0`` (no sub-folders)."""
+    return "".join("_" if c in ":,/\\" else c for c in task)
 
 
 def _metric_definitions(spec) -> dict[str, str]:

@@ -112,7 +112,7 @@ def convert(src, dst, src_format: str | None = None, to: str = "store", episodes
     attrs = {"converted_from": str(Path(src).resolve()), "source_format": store.attrs.get("format", "store")}
     src_fps = fps or store.attrs.get("fps") or 10
     attrs["fps"] = float(src_fps)
-    for k in ("robot_type", "lerobot_version", "env_args"):
+    for k in ("robot_type", "lerobot_version", "env_args", "action_convention"):
         if store.attrs.get(k) is not None:
             attrs[k] = store.attrs[k]
     opts = dict(target_options or {})

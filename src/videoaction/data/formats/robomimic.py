@@ -104,6 +104,8 @@ class RobomimicSource(EpisodeSource):
                 self.attrs["env_name"] = json.loads(self.attrs["env_args"]).get("env_name")
             except (json.JSONDecodeError, AttributeError):
                 raise FormatError(self.path, "env_args is not JSON", key="data.attrs['env_args']") from None
+        if action_rot6d:  # otherwise undeclared: robomimic files hold delta or absolute actions
+            self.attrs["action_convention"] = "abs_rot6d10"
         self.meta = {"demo": list(names)}
         self.fps = 20.0
 
