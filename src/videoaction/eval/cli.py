@@ -60,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint directory (config.json + model.safetensors), any model family")
     p.add_argument("--policy", choices=["random", "mean-action"],
                    help="evaluate a trivial baseline instead of a checkpoint (mean-action needs --data)")
-    p.add_argument("--env", action="append", help="pusht | pusht-m | a PushT robustness variant | "
-                   "metaworld:TASK[,TASK] | metaworld:MT10 | metaworld:MT50; repeat --env for several environments "
-                   "(results_<env>.json each, one report)")
+    p.add_argument("--env", action="append", help=f"one of the registered environments: {env_choices()}; repeat "
+                   "--env for several environments (results_<env>.json each, one report)")
+    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option passed to the environment's constructor, repeatable (e.g. abs_action=true, "
+                   "flip=vertical, hard_reset=false, image_size=128); values are read as JSON where they parse "
+                   "(true, 3, 0.5, \"x\"), else as text")
     p.add_argument("--episodes", type=int, default=None,
                    help="episodes per task (simulator, default 50) / held-out windows (--video, default 16)")
     p.add_argument("--seeds", nargs="+", help="explicit seeds (default: 100000, 100001, ...): 100000-100049 or 1,2,3")
@@ -105,8 +108,36 @@ def _device(name: str) -> str:
     return name
 
 
+def env_choices() -> str:
+    """Every registered environment's spec forms (from the registry, so a new environment shows up here)."""
+    from videoaction.envs.spec import valid_specs
+
+    return " | ".join(valid_specs())
+
+
+def parse_env_kwargs(items: list[str] | None) -> dict:
+    """``["abs_action=true", "flip=vertical"]`` -> ``{"abs_action": True, "flip": "vertical"}`` (JSON values where
+    they parse, text otherwise)."""
+    import json
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise VideoActionError(f"--env-kwarg: expected KEY=VALUE with a Python identifier as KEY, got {item!r} "
+                                   "(e.g. --env-kwarg abs_action=true)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = {"True": True, "False": False, "None": None}.get(value.strip(), value)
+    return out
+
+
 def _env_kwargs(args) -> dict:
-    return {"image_size": args.image_size} if args.image_size else {}
+    out = {"image_size": args.image_size} if args.image_size else {}
+    out.update(parse_env_kwargs(args.env_kwarg))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
