@@ -9,6 +9,8 @@
   for the MAR module, must be zero.
 * ``--kind kl16``: MAR's ``kl16.ckpt`` -> tokenizer directory (``tokenizer.safetensors`` + ``tokenizer.json``).
 * ``--kind mar``: MAR ``checkpoint-last.pth`` -> ``mar.safetensors`` (its ``model_ema``), for :func:`init_from_mar`.
+* ``--kind vpp-dp-calvin``: VPP's released action checkpoint -> ``vpp_action.safetensors`` (Video Former + action
+  head with ``reference_compat``); key map in :mod:`videoaction.models.vpp.convert_dp`.
 
 Pickles can run code when read: they are opened only with ``--allow-pickle``. Unknown classes inside the pickle
 (OmegaConf, dill) are replaced by inert placeholders, so neither package is needed.
@@ -352,7 +354,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videoaction convert", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="reference checkpoint (UVA .ckpt, MAR checkpoint-last.pth, kl16.ckpt)")
     ap.add_argument("dst", help="output directory")
-    ap.add_argument("--kind", choices=("uva", "mar", "kl16"), default="uva")
+    ap.add_argument("--kind", choices=("uva", "mar", "kl16", "vpp-dp-calvin"), default="uva")
     ap.add_argument("--allow-pickle", action="store_true", help="permit reading pickled checkpoints (trusted only)")
     ap.add_argument("--obs-image-size", type=int, default=None, help="raw env frame size (default: stored cfg / 96)")
     ap.add_argument("--num-heads", type=int, default=None, help="attention heads (default: from model_size / D/64)")
@@ -365,6 +367,10 @@ def main(argv: list[str]) -> int:
         print(f"wrote {convert_kl16(args.src, args.dst, allow_pickle=args.allow_pickle)}")
     elif args.kind == "mar":
         convert_mar(args.src, args.dst, args.allow_pickle)
+    elif args.kind == "vpp-dp-calvin":
+        from videoaction.models.vpp.convert_dp import convert_dp_calvin
+
+        convert_dp_calvin(args.src, args.dst, args.allow_pickle, heads=args.num_heads or 8)
     else:
         convert_uva(args.src, args.dst, args.allow_pickle, args.obs_image_size, args.num_heads)
     return 0

@@ -94,6 +94,107 @@ class SigmaEmbedding(nn.Module):
         return self.mlp(torch.cat([arg.cos(), arg.sin()], dim=-1))
 
 
+# ---------------------------------------------------------------------------------------- reference_compat
+class _RefAttention(nn.Module):
+    """The reference's attention: key / query / value with biases, output projection without; ``causal`` is passed
+    to SDPA also for cross-attention (upper-left aligned: query i reads keys 0..i)."""
+
+    def __init__(self, dim: int, heads: int, causal: bool, attn_drop: float, resid_drop: float):
+        super().__init__()
+        self.heads, self.causal, self.attn_drop = heads, causal, attn_drop
+        self.key, self.query, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.c_proj = nn.Linear(dim, dim, bias=False)
+        self.resid_dropout = nn.Dropout(resid_drop)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        src = x if context is None else context
+        q = self.query(x).view(b, n, self.heads, -1).transpose(1, 2)
+        k = self.key(src).view(b, src.shape[1], self.heads, -1).transpose(1, 2)
+        v = self.value(src).view(b, src.shape[1], self.heads, -1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(out.transpose(1, 2).reshape(b, n, d)))
+
+
+class _RefBlock(nn.Module):
+    """Pre-LN block of the reference (bias-free LayerNorms and MLP); ``film``: decoder block with causal self- and
+    cross-attention and AdaLN ``shift + x * scale`` (no "1 +", not zero-initialised)."""
+
+    def __init__(self, cfg: ActionHeadConfig, film: bool):
+        super().__init__()
+        d, h = cfg.dim, cfg.heads
+        self.film = film
+        self.ln_1 = nn.LayerNorm(d, bias=False)
+        self.attn = _RefAttention(d, h, film, cfg.attn_dropout, cfg.resid_dropout)
+        if film:
+            self.cross_att = _RefAttention(d, h, True, cfg.attn_dropout, cfg.resid_dropout)
+            self.ln3 = nn.LayerNorm(d)
+            self.adaLN_zero = nn.Module()
+            self.adaLN_zero.modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.ln_2 = nn.LayerNorm(d, bias=False)
+        hidden = int(d * cfg.mlp_ratio)
+        self.mlp = nn.Module()
+        self.mlp.c_fc, self.mlp.c_proj = nn.Linear(d, hidden, bias=False), nn.Linear(hidden, d, bias=False)
+        self.mlp_drop = nn.Dropout(cfg.resid_dropout)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp_drop(self.mlp.c_proj(F.gelu(self.mlp.c_fc(x))))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.film:
+            x = x + self.attn(self.ln_1(x))
+            return x + self._mlp(self.ln_2(x))
+        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_zero.modulation(emb).chunk(6, dim=-1)  # each (B, 1, D)
+        x = x + g1 * self.attn(sh1 + self.ln_1(x) * sc1)
+        x = x + self.cross_att(self.ln3(x), context)
+        return x + g2 * self._mlp(sh2 + self.ln_2(x) * sc2)
+
+
+class ReferenceNet(nn.Module):
+    """The reference's action network (MDT ``DiffusionTransformer`` as VPP builds it for CALVIN), parameter names as
+    in its ``model.inner_model.*``: goal ``lang_emb`` MLP, ``tok_emb`` on the Video Former tokens, a bidirectional
+    encoder without positions, ``action_emb`` -> FiLM decoder -> ``action_pred``; sigma embedding sin-then-cos of
+    ln(sigma)/4 (frequencies exp(-ln(10000) k / (D/2 - 1))) -> Linear -> Mish -> Linear."""
+
+    def __init__(self, cfg: ActionHeadConfig, action_dim: int, goal_dim: int):
+        super().__init__()
+        d = cfg.dim
+        self.lang_emb = nn.Sequential(nn.Linear(goal_dim, cfg.goal_hidden), nn.GELU(), nn.Linear(cfg.goal_hidden, d))
+        self.tok_emb = nn.Linear(d, d)
+        self.encoder = nn.Module()
+        self.encoder.blocks = nn.ModuleList(_RefBlock(cfg, film=False) for _ in range(cfg.encoder_depth))
+        self.encoder.ln = nn.LayerNorm(d, bias=False)
+        self.decoder = nn.Module()
+        self.decoder.blocks = nn.ModuleList(_RefBlock(cfg, film=True) for _ in range(cfg.decoder_depth))
+        self.decoder.ln = nn.LayerNorm(d, bias=False)
+        self.sigma_emb = nn.Sequential(nn.Identity(), nn.Linear(d, 2 * d), nn.Mish(), nn.Linear(2 * d, d))
+        self.action_emb = nn.Linear(action_dim, d)
+        self.action_pred = nn.Linear(d, action_dim)
+        for m in self.modules():  # the reference's init: N(0, 0.02) linears, zero biases
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def context(self, goal: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.lang_emb(goal)[:, None], self.tok_emb(tokens)], dim=1)
+        for block in self.encoder.blocks:
+            x = block(x)
+        return self.encoder.ln(x)
+
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        half = self.action_emb.out_features // 2
+        freqs = torch.exp(torch.arange(half, device=c_noise.device) * -(math.log(10000) / (half - 1)))
+        arg = c_noise.float()[:, None, None] * freqs  # (B, 1, D/2)
+        emb = self.sigma_emb(torch.cat([arg.sin(), arg.cos()], dim=-1))  # (B, 1, D)
+        h = self.action_emb(x_in)
+        for block in self.decoder.blocks:
+            h = block(h, emb, context)
+        return self.action_pred(self.decoder.ln(h))
+
+
 class ActionHead(nn.Module):
     """``context(goal, tokens)`` once per observation, then ``denoise`` / ``loss`` / ``sample`` on action chunks."""
 
@@ -101,6 +202,9 @@ class ActionHead(nn.Module):
         super().__init__()
         d = cfg.dim
         self.cfg, self.action_dim, self.n_actions = cfg, action_dim, n_actions
+        if cfg.reference_compat:  # the reference's network and defects, for converted weights
+            self.net = ReferenceNet(cfg, action_dim, goal_dim)
+            return
         self.goal_proj = nn.Sequential(nn.Linear(goal_dim, cfg.goal_hidden), nn.GELU(), nn.Linear(cfg.goal_hidden, d))
         self.context_pos = nn.Parameter(torch.randn(1, 1 + n_context, d) * 0.02)
         self.encoder = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio, attn_drop=cfg.attn_dropout,
@@ -120,6 +224,8 @@ class ActionHead(nn.Module):
     # ------------------------------------------------------------------------------------------ network
     def context(self, goal: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """goal (B, Dg), tokens (B, N, D) -> encoded context (B, 1 + N, D)."""
+        if self.cfg.reference_compat:
+            return self.net.context(goal, tokens)
         x = torch.cat([self.goal_proj(goal)[:, None], tokens], dim=1) + self.context_pos
         for block in self.encoder:
             x = block(x)
@@ -127,6 +233,8 @@ class ActionHead(nn.Module):
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Preconditioned actions (B, T, A), c_noise (B,), context (B, N, D) -> raw output F (B, T, A)."""
+        if self.cfg.reference_compat:
+            return self.net(x_in, c_noise, context)
         emb = self.sigma_emb(c_noise)
         h = self.action_in(x_in) + self.action_pos
         for block in self.decoder:

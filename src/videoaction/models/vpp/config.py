@@ -91,6 +91,9 @@ class VideoFormerConfig:
     heads: int = 8
     dim_head: int = 64
     temporal_attention: bool = True  # False: the reference's '2d' variant
+    # the reference's temporal attention (fused qkv and output projection with biases, head width dim // heads, no
+    # pre-norm), so converted dp-calvin weights reproduce its outputs (docs/vpp.md "Converting dp-calvin")
+    reference_compat: bool = False
 
 
 @dataclass
@@ -106,6 +109,10 @@ class ActionHeadConfig:
     resid_dropout: float = 0.1
     goal_hidden: int = 768
     causal_self_attention: bool = True  # action tokens among themselves (MDT); cross-attention is never causal
+    # the reference's network (MDT DiffusionTransformer) with its defects: causal cross-attention, AdaLN without
+    # "1 +" nor zero-init, no positions, bias-free LayerNorms / MLPs, so converted dp-calvin weights reproduce its
+    # outputs (docs/vpp.md "Converting dp-calvin"); False: the fixed head
+    reference_compat: bool = False
     sigma_data: float = 0.5
     train_sigma_min: float = 0.001
     train_sigma_max: float = 80.0

@@ -19,13 +19,13 @@ from videoaction.models.vpp.config import VideoFormerConfig
 class _Attention(nn.Module):
     """Multi-head attention of queries over keys/values, no biases (reference layout: to_q, to_kv, to_out)."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int):
+    def __init__(self, dim: int, heads: int, dim_head: int, bias: bool = False):
         super().__init__()
         inner = heads * dim_head
         self.heads, self.dim_head = heads, dim_head
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.to_q = nn.Linear(dim, inner, bias=bias)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=bias)
+        self.to_out = nn.Linear(inner, dim, bias=bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
@@ -48,9 +48,10 @@ class FormerLayer(nn.Module):
         self.norm_media, self.norm_latents = nn.LayerNorm(d), nn.LayerNorm(d)
         self.perceiver = _Attention(d, cfg.heads, cfg.dim_head)
         self.temporal = cfg.temporal_attention
-        if self.temporal:
-            self.norm_time = nn.LayerNorm(d)
-            self.time_attn = _Attention(d, cfg.heads, cfg.dim_head)
+        if self.temporal:  # reference_compat: the reference's (no pre-norm; biases; head width d // heads)
+            ref = cfg.reference_compat
+            self.norm_time = nn.Identity() if ref else nn.LayerNorm(d)
+            self.time_attn = _Attention(d, cfg.heads, d // cfg.heads if ref else cfg.dim_head, bias=ref)
         self.ff = _FeedForward(d)
 
     def forward(self, q: torch.Tensor, media: torch.Tensor) -> torch.Tensor:
