@@ -184,3 +184,19 @@ def test_calvin_env_spec_explains_install():
             make_env("calvin", dataset_path="/nonexistent", calvin_root="/nonexistent")
     else:
         pytest.skip("calvin_env is installed here")
+
+
+def test_cli_checks_the_sequences_then_explains_the_install(tmp_path):
+    from videoaction.eval.calvin_chains import main
+
+    seqs = tmp_path / "seqs.json"
+    seqs.write_text(json.dumps([{"initial_state": {}, "tasks": list(CHAIN.tasks)}]))
+    args = ["--checkpoint", str(tmp_path), "--dataset-path", str(tmp_path), "--calvin-root", str(tmp_path),
+            "--sequences", str(seqs), "--out", str(tmp_path / "r.json")]
+    with pytest.raises(ChainError, match="2 chains asked for"):
+        main(args + ["--n", "2"])
+    try:
+        import calvin_env  # noqa: F401
+    except ImportError:
+        with pytest.raises(VideoActionError, match="pip install -e calvin/calvin_env"):
+            main(args)

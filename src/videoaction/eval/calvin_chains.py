@@ -206,5 +206,37 @@ def format_score(score: Mapping[str, Any]) -> str:
     return f"| {cells} | {score['avg_len']:.2f} |  ({score['n_chains']} chains)"
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m videoaction.eval.calvin_chains --checkpoint RUN --dataset-path task_ABC_D --calvin-root CLONE
+    --sequences seqs.json --out calvin.json [--n 1000]``: the ABC->D protocol for a trained policy."""
+    import argparse
+
+    from videoaction.envs.spec import make_env
+    from videoaction.models.base import load_policy
+
+    ap = argparse.ArgumentParser(prog="python -m videoaction.eval.calvin_chains", description=main.__doc__,
+                                 allow_abbrev=False)
+    ap.add_argument("--checkpoint", required=True, help="run or checkpoint directory (load_policy)")
+    ap.add_argument("--dataset-path", required=True, help="CALVIN task_ABC_D folder (its validation/ scene)")
+    ap.add_argument("--calvin-root", required=True, help="the CALVIN clone (calvin_models/conf)")
+    ap.add_argument("--sequences", required=True, help="JSON sequences file (module docstring)")
+    ap.add_argument("--out", required=True, help="JSON results file (a rerun resumes it)")
+    ap.add_argument("--n", type=int, default=None, help="the first N chains (default: all)")
+    ap.add_argument("--max-steps", type=int, default=MAX_SUBTASK_STEPS)
+    ap.add_argument("--predict", default="{}", help='predict_action keywords as JSON, e.g. \'{"sigma_min": 1.0}\'')
+    args = ap.parse_args(argv)
+    chains = load_sequences(args.sequences, args.n)
+    env = make_env("calvin", dataset_path=args.dataset_path, calvin_root=args.calvin_root)  # explains a missing install
+    res = evaluate_chains(env, load_policy(args.checkpoint), chains, out=args.out, max_steps=args.max_steps,
+                          predict_kwargs=json.loads(args.predict))
+    print("| 1 | 2 | 3 | 4 | 5 | Avg. Len |")
+    print(format_score(res))
+    return 0
+
+
 __all__ = ["CHAIN_LENGTH", "Chain", "ChainEnv", "ChainError", "MAX_SUBTASK_STEPS", "completed_in_a_row",
-           "evaluate_chains", "format_score", "load_sequences", "run_chain", "score_chains"]
+           "evaluate_chains", "format_score", "load_sequences", "main", "run_chain", "score_chains"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
