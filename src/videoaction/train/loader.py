@@ -6,6 +6,8 @@ step takes the next ``batch_size * world_size`` positions of the stream; rank ``
 resumed run continues with exactly the samples it would have seen, on any number of loader workers.
 A batch may straddle two epochs (small datasets); every item carries its own epoch, which the dataset uses for
 its augmentation seed (``SequenceDataset.set_epoch``).
+Weighted sampling (a dataset mixture's ``dataset_weight``, :func:`window_weights`): each epoch is ``n`` seeded
+draws with replacement in proportion to the windows' weights instead of a permutation; the state is the same.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class BatchOrder:
     """The stream of (epoch, index) pairs of one rank, from a given state onwards."""
 
     def __init__(self, n: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 state: OrderState | None = None, index_map: np.ndarray | None = None):
+                 state: OrderState | None = None, index_map: np.ndarray | None = None,
+                 weights: np.ndarray | None = None):
         if n <= 0:
             raise VideoActionError("the training split has no samples (episodes shorter than the window?)")
         if not 0 <= rank < world_size:
@@ -38,10 +41,19 @@ class BatchOrder:
         self.state = OrderState(**vars(state)) if state is not None else OrderState()
         self._perm_epoch, self._perm = -1, np.zeros(0, dtype=np.int64)
         self.index_map = index_map  # pool position -> dataset index (a subset of the dataset), None = identity
+        self.weights = None  # per pool position: draw epochs with replacement in proportion (None = permutations)
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64).reshape(-1)
+            if len(w) != n or not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
+                raise VideoActionError(f"sampling weights: need {n} finite, non-negative weights with a positive "
+                                       f"sum, got {len(w)} (sum {w.sum() if len(w) else 0})")
+            self.weights = w / w.sum()
 
     def permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(self.n)
+            rng = np.random.default_rng([self.seed, epoch, 0x5EED])
+            self._perm = (rng.permutation(self.n) if self.weights is None
+                          else rng.choice(self.n, size=self.n, replace=True, p=self.weights))
             self._perm_epoch = epoch
         return self._perm
 
@@ -63,7 +75,8 @@ class BatchOrder:
         return out
 
     def clone(self) -> "BatchOrder":
-        return BatchOrder(self.n, self.batch_size, self.world_size, self.rank, self.seed, self.state, self.index_map)
+        return BatchOrder(self.n, self.batch_size, self.world_size, self.rank, self.seed, self.state, self.index_map,
+                          self.weights)
 
     def next_is_video(self) -> bool:
         return False
@@ -166,15 +179,29 @@ def split_action_free(dataset, store, task_modes, every: int, log) -> tuple:
         dataset.episode_mask = mask
 
 
-def make_order(n: int, batch_size: int, world_size: int, rank: int, seed: int, pools=None, every: int = 4):
-    """The sample order of one rank: all windows, or action windows mixed with action-free ones (``pools``)."""
+def make_order(n: int, batch_size: int, world_size: int, rank: int, seed: int, pools=None, every: int = 4,
+               weights: np.ndarray | None = None):
+    """The sample order of one rank: all windows, or action windows mixed with action-free ones (``pools``);
+    ``weights`` (one per window, e.g. :func:`window_weights`) draws the (action) windows in proportion to them."""
     if pools is None:
-        return BatchOrder(n, batch_size, world_size, rank, seed)
+        return BatchOrder(n, batch_size, world_size, rank, seed, weights=weights)
     act, vid = pools
-    main = BatchOrder(len(act), batch_size, world_size, rank, seed, index_map=act)
+    main = BatchOrder(len(act), batch_size, world_size, rank, seed, index_map=act,
+                      weights=None if weights is None else np.asarray(weights)[act])
     if vid is None:
         return main
     return MixedOrder(main, BatchOrder(len(vid), batch_size, world_size, rank, seed + 1, index_map=vid), every)
+
+
+def window_weights(dataset, store) -> np.ndarray | None:
+    """Per-window sampling weights of a weighted dataset mixture (episodes with ``dataset_weight`` metadata, UMI
+    mixtures: each dataset drawn with probability weight / sum of weights, whatever its size), None otherwise."""
+    meta = getattr(store, "meta_keys", ())
+    if "dataset_weight" not in meta or "dataset" not in meta or len(set(store.meta_column("dataset"))) < 2:
+        return None  # one dataset: plain permutations
+    from videoaction.data.formats.umi import mixture_weights
+
+    return mixture_weights(store, dataset.sampler)
 
 
 def batch_mode(video_only: bool) -> str | None:

@@ -26,7 +26,8 @@ from videoaction.config import RunConfig, to_dict
 from videoaction.errors import VideoActionError
 from videoaction.train import checkpoint as ck
 from videoaction.train.ema import EMA
-from videoaction.train.loader import batch_mode, make_loader, make_order, move_batch, split_action_free
+from videoaction.train.loader import (batch_mode, make_loader, make_order, move_batch, split_action_free,
+                                      window_weights)
 from videoaction.train.metrics import MetricsLogger
 from videoaction.train.optim import clip_gradients, make_adamw
 from videoaction.utils.io import atomic_write_json
@@ -194,8 +195,11 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.rank + 100_003)
         if self.resume_from is not None:
             self._load_train_state(self.resume_from)
+        weights = window_weights(self.dataset, store)  # a weighted dataset mixture: draw windows by weight
+        if weights is not None:
+            self.log("sampling windows by dataset weight (dataset_weight metadata)")
         self.order = make_order(len(self.dataset), o.batch_size, self.world, self.rank, cfg.seed, self.pools,
-                                opts.action_free_every)
+                                opts.action_free_every, weights=weights)
         if self.order_saved is not None:
             self.order.load_state_dict(self.order_saved)
         self.loader = make_loader(self.dataset, self.order, o.num_workers, pin_memory=self.acc.device.type == "cuda")
