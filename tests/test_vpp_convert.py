@@ -141,3 +141,27 @@ def test_reference_compat_reproduces_the_causal_cross_attention():
     assert _first_action_token_change(fixed) > 1e-4  # ours reads every context token
     assert not any(k.startswith("net.") for k in fixed.state_dict())
     assert set(ref.state_dict()) == {k for k in ref.state_dict() if k.startswith("net.")}
+
+
+def test_reference_compat_adaln_has_no_one_plus():
+    """Modulation fixed to shift 0, scale 1, gate 1: the reference block is then a plain pre-LN block
+    (x + attn(ln x); + cross; + mlp(ln x)); with "1 +" the normalised input would be doubled."""
+    torch.manual_seed(0)
+    cfg = ActionHeadConfig(dim=D, encoder_depth=1, decoder_depth=1, heads=HEADS, goal_hidden=2 * D,
+                           attn_dropout=0.0, resid_dropout=0.0, reference_compat=True)
+    head = ActionHead(cfg, ACT, N_ACT, GOAL, FRAMES * QUERIES).eval()
+    block = head.net.decoder.blocks[0]
+    lin = block.adaLN_zero.modulation[1]
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.copy_(torch.cat([torch.zeros(D), torch.ones(D), torch.ones(D)] * 2))
+    x, ctx, emb = torch.randn(2, N_ACT, D), torch.randn(2, 5, D), torch.randn(2, 1, D)
+    with torch.no_grad():
+        want = x + block.attn(block.ln_1(x))
+        want = want + block.cross_att(block.ln3(want), ctx)
+        want = want + block._mlp(block.ln_2(want))
+        assert torch.allclose(block(x, emb, ctx), want, atol=1e-5)
+        # the compat head samples chunks of the right shape and its loss is finite
+        c = head.context(torch.randn(2, GOAL), torch.randn(2, FRAMES * QUERIES, D))
+        assert head.sample(c, steps=3).shape == (2, N_ACT, ACT)
+        assert torch.isfinite(head.loss(torch.randn(2, N_ACT, ACT), c))
