@@ -21,7 +21,7 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -171,6 +171,19 @@ class Policy(nn.Module):
                                            f"the data has {field.dim}")
                 own[name].load_state_dict(field.state_dict())
                 own[name].mode = field.mode
+
+    @classmethod
+    def train_entry(cls) -> Callable | None:
+        """The family's own training function ``(cfg, opts: TrainOptions) -> TrainResult`` for data the shared
+        trainer (episode stores) does not read; None = :func:`videoaction.train.trainer.train`."""
+        return None
+
+    @classmethod
+    def video_eval_entry(cls) -> Callable | None:
+        """The family's own held-out video evaluation ``(policy, data, out_dir=, n_windows=, seed=, progress=)
+        -> dict`` with ``metrics``, ``table`` and ``notes`` (as :func:`videoaction.eval.evaluate_video` returns);
+        None = that function."""
+        return None
 
     # --- inference ----------------------------------------------------------------------------
     def predict_action(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:

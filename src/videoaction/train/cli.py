@@ -136,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                         tokenizer_batch_size=args.tokenizer_batch_size, report_to=args.report_to,
                         best_metric=args.best_metric, best_mode=args.best_mode, val_batches=args.val_batches,
                         progress=not args.no_progress, eval_fn=_eval_fn(args, cfg), latent_cache=args.latent_cache)
-    result = train(cfg, opts)
+    from videoaction.models.base import family_class
+
+    entry = family_class(cfg.family).train_entry()  # a family that trains on other data declares its own loop
+    result = (entry or train)(cfg, opts)
     if result.losses and result.is_main:
         print(f"done: step {result.step}, last loss {result.losses[-1]:.4f}; checkpoint {result.checkpoint}")
     return 0

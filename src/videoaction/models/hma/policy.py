@@ -35,6 +35,13 @@ class HMAPolicy(Policy):
         super().__init__(cfg)
         self.net = HMANetwork(cfg.model)
 
+    @classmethod
+    def train_entry(cls):
+        """Token datasets, not episode stores: HMA's own run-directory training (run.py)."""
+        from .run import train_run
+
+        return train_run
+
     @property
     def mcfg(self):
         return self.cfg.model

@@ -77,6 +77,29 @@ def fit_statistics(policy: HMAPolicy, datasets: dict[str, TokenDataset]) -> None
         policy.set_action_stats(name, mean, std)
 
 
+def make_optimizer(policy: HMAPolicy, cfg: HMARunConfig):
+    """AdamW (no decay on 1-D parameters and embeddings) and a linear warm-up to ``optim.lr``."""
+    o = cfg.optim
+    decay = [p for n, p in policy.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in policy.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": rest, "weight_decay": 0}],
+                            lr=o.lr, betas=tuple(o.betas))
+    warm = max(1, o.warmup_steps)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+
+
+def train_step(policy: HMAPolicy, batch: dict, opt, sched, generator: torch.Generator, grad_clip: float) -> dict:
+    """One optimizer step on one embodiment's batch; returns the loss terms."""
+    out = policy.compute_loss(batch, generator=generator)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    return dict(out.terms)
+
+
 def train(cfg: HMARunConfig, datasets: dict[str, TokenDataset], out=None, log=print, time_limit_s: float = 0.0,
           policy: HMAPolicy | None = None, val_ratio: float = 0.0) -> tuple[HMAPolicy, list[dict]]:
     """Train for ``cfg.steps`` (or until ``time_limit_s``); returns the model and the logged curve.
@@ -89,25 +112,13 @@ def train(cfg: HMARunConfig, datasets: dict[str, TokenDataset], out=None, log=pr
     sampler = MultiEmbodimentSampler(datasets, cfg, seed=cfg.seed, split="train" if val_ratio > 0 else "all",
                                      val_ratio=val_ratio)
     o = cfg.optim
-    decay = [p for n, p in policy.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in policy.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": rest, "weight_decay": 0}],
-                            lr=o.lr, betas=tuple(o.betas))
-    warm = max(1, o.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    opt, sched = make_optimizer(policy, cfg)
     g = torch.Generator().manual_seed(cfg.seed)
     policy.train()
     curve, t0, window = [], time.perf_counter(), []
     for step in range(cfg.steps):
         batch = sampler.batch(o.batch_size)
-        out_ = policy.compute_loss(batch, generator=g)
-        opt.zero_grad(set_to_none=True)
-        out_.loss.backward()
-        if o.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), o.grad_clip)
-        opt.step()
-        sched.step()
-        window.append({"domain": batch["domain"], **out_.terms})
+        window.append({"domain": batch["domain"], **train_step(policy, batch, opt, sched, g, o.grad_clip)})
         last = step == cfg.steps - 1 or (time_limit_s and time.perf_counter() - t0 > time_limit_s)
         if (step + 1) % max(cfg.log_every, 1) == 0 or last:
             row = {"step": step + 1, "time_s": round(time.perf_counter() - t0, 2),
