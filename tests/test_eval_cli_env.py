@@ -48,6 +48,10 @@ def test_env_help_lists_the_registry(kwtoy):
     text = " ".join(build_parser().format_help().split())
     for name in ("kwtoy:<suite>/<id>", "pusht-m", "libero:libero_10", "robomimic:tool_hang", "--env-kwarg"):
         assert name in text
+    args = build_parser().parse_args(["--env", "kwtoy:a/0", "--action-convention", "abs_rot6d10", "--out", "x"])
+    assert args.action_convention == "abs_rot6d10"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--env", "kwtoy:a/0", "--action-convention", "quat8", "--out", "x"])
 
 
 def test_env_kwargs_parse_json_values_or_text():

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option passed to the environment's constructor, repeatable (e.g. abs_action=true, "
                    "flip=vertical, hard_reset=false, image_size=128); values are read as JSON where they parse "
                    "(true, 3, 0.5, \"x\"), else as text")
+    p.add_argument("--action-convention", choices=sorted(_conventions()),
+                   help="what the checkpoint's actions mean, when its config does not say (dataset.action_convention); "
+                   "chunks are converted to the environment's convention (docs/evaluation.md)")
     p.add_argument("--episodes", type=int, default=None,
                    help="episodes per task (simulator, default 50) / held-out windows (--video, default 16)")
     p.add_argument("--seeds", nargs="+", help="explicit seeds (default: 100000, 100001, ...): 100000-100049 or 1,2,3")
@@ -106,6 +109,12 @@ def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def _conventions() -> list[str]:
+    from videoaction.envs.action_conventions import CONVENTIONS
+
+    return list(CONVENTIONS)
 
 
 def env_choices() -> str:
@@ -187,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"name": name, "checkpoint": args.checkpoint, "checkpoint_config": ckpt_cfg}
         res = evaluate_policy(policy, env, out_dir=out, record_video=args.record, results_file=fname,
                               predict_kwargs=parse_sampler(args.sampler) if args.checkpoint else None,
-                              extra=extra, **common)
+                              extra=extra, action_convention=args.action_convention, **common)
         runs.append(res)
         _print_metrics(name, res)
         if args.baselines:
