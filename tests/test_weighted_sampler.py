@@ -61,6 +61,7 @@ def test_umi_mixture_weights_reach_the_order(tmp_path):
     mix.write_text(json.dumps({"datasets": [{"path": "cup.zarr.zip", "weight": 3},
                                             {"path": "towel.zarr.zip", "weight": 1}]}))
     store = EpisodeStore.open(mix)
+    assert store.attrs["action_convention"] == "abs_axis_angle7"  # one robot: absolute pose + gripper width
     cfg = DatasetConfig(image_key="camera0_rgb", state_key="state", state_dims=None, horizon=4, pad_before=0,
                         pad_after=0, image_size=32, val_ratio=0.0,
                         frames=FrameConfig(n_history=2, n_future=0, offset=0, stride=1))

@@ -160,6 +160,8 @@ class UmiSource(EpisodeSource):
         self.meta = meta
         self.fps = float(entries[0].get("fps", 60.0 / 3))  # UMI's GoPro 60 fps with down_sample_steps 3
         self.attrs = {"datasets": [str(f.path) for f in self.files], "robots": len(base.robots)}
+        if len(base.robots) == 1:  # absolute pose targets + gripper width (videoaction.envs.action_conventions)
+            self.attrs["action_convention"] = "abs_axis_angle7"
 
     def _entries(self) -> list[dict]:
         if self.path.suffix != ".json":
