@@ -70,3 +70,36 @@ def test_train_cli_names_unknown_embodiment(tokens, capsys):
     root, data = tokens
     assert _train(root / "bad", f"robot-x={data}", 1) == 1
     assert "robot-x" in capsys.readouterr().err
+
+
+def test_eval_video_cli_reports_hma_metrics_next_to_copy_last(tokens, capsys):
+    from videoaction.data.hma_tokens import TokenDataset
+    from videoaction.eval.metrics import psnr
+    from videoaction.generate import build_decoder
+
+    root, data = tokens
+    if not (root / "full" / "checkpoints").is_dir():
+        assert _train(root / "full", data, 4) == 0
+    out = root / "eval"
+    assert cli(["eval", "--video", "--checkpoint", str(root / "full"), "--data", str(data), "--out", str(out),
+                "--episodes", "3", "--quiet", "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    assert "PSNR" in printed and "copy last frame" in printed and "generation time per frame" in printed
+    res = json.loads((out / "video_results.json").read_text())
+    m = res["metrics"]
+    assert res["family"] == "hma" and res["n_windows"] == len(res["windows"]["pusht"]) > 0
+    for key in ("psnr", "ssim", "delta_psnr", "psnr_random", "gen_s_per_frame", "token_acc"):
+        assert np.isfinite(m[key]), key
+    assert m["gen_s_per_frame"] > 0 and 0 <= m["token_acc"] <= 1
+    assert m["delta_psnr"] == pytest.approx(m["psnr"] - m["psnr_random"])
+    # copy-last PSNR recomputed here from the same held-out windows (episode 0 of 3 is held out by val_ratio)
+    ds = TokenDataset(data)
+    policy = load_policy(root / "full")
+    assert all(ds.segment_ids[s] == 0 for s in res["windows"]["pusht"])
+    decode = build_decoder(json.loads((data / "manifest.json").read_text())["encoder"]["path"], True, 1.0)
+    ids = np.stack([ds.window(s, policy.mcfg.window)[0] for s in res["windows"]["pusht"]]).astype(np.int64)
+    real = decode(torch.from_numpy(ids))
+    n = policy.mcfg.num_prompt_frames
+    copy = np.repeat(real[:, n - 1: n], real.shape[1] - n, axis=1)
+    expect = float(np.minimum(psnr(copy, real[:, n:], reduce=False), 100).mean())
+    assert m["psnr_copy_last"] == pytest.approx(expect, rel=1e-5)

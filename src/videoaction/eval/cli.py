@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also evaluate the random (and, with --data, mean-action) baselines for the report")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--video", action="store_true", help="held-out video metrics (needs --checkpoint and --data)")
-    p.add_argument("--data", help="episode store: held-out episodes for --video, mean action for the baselines")
+    p.add_argument("--data", help="episode store: held-out episodes for --video, mean action for the baselines "
+                   "(HMA checkpoints: token datasets, DIR or NAME=DIR,NAME=DIR)")
     p.add_argument("--num-iter", type=int, default=1, help="--video: MAR sampling iterations")
     p.add_argument("--lpips", help="--video: LPIPS TorchScript file (never downloaded)")
     p.add_argument("--i3d", help="--video: I3D TorchScript file for FVD (never downloaded)")
@@ -210,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.video:
         from videoaction.eval.video_eval import evaluate_video
 
-        video_res = evaluate_video(policy, args.data, out_dir=out, n_windows=args.episodes or 16,
-                                   num_iter=args.num_iter, seed=args.seed, lpips_path=args.lpips,
-                                   i3d_path=args.i3d, progress=not args.quiet)
+        entry = policy.video_eval_entry()  # a family with its own video data declares its evaluation
+        video_res = (entry or evaluate_video)(policy, args.data, out_dir=out, n_windows=args.episodes or 16,
+                                              num_iter=args.num_iter, seed=args.seed, lpips_path=args.lpips,
+                                              i3d_path=args.i3d, progress=not args.quiet)
         for row in video_res["table"]:
             print(f"{row['metric']:<58} model {row['model']:.4f}   {row['baseline is']} {row['baseline']:.4f}")
         for note in video_res["notes"][1:]:

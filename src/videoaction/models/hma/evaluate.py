@@ -62,4 +62,5 @@ def video_metrics(policy: HMAPolicy, decode: Callable[[torch.Tensor], np.ndarray
            "gen_s_per_frame": gen_s}
     if policy.mcfg.variant == "discrete":
         out["token_acc"] = float((pred[:, n_prompt:] == tokens[:, n_prompt:].to(pred.device)).float().mean())
+        out["token_acc_copy_last"] = float((tokens[:, n_prompt:] == tokens[:, n_prompt - 1: n_prompt]).float().mean())
     return out

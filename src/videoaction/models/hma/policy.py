@@ -42,6 +42,13 @@ class HMAPolicy(Policy):
 
         return train_run
 
+    @classmethod
+    def video_eval_entry(cls):
+        """Held-out windows of token datasets, decoded by their tokenizer (video_eval.py)."""
+        from .video_eval import evaluate_hma_video
+
+        return evaluate_hma_video
+
     @property
     def mcfg(self):
         return self.cfg.model
