@@ -162,3 +162,30 @@ def test_policy_convention_comes_from_the_run_config():
 
     assert policy_action_convention(P()) == "abs_rot6d10"
     assert policy_action_convention(object()) is None
+
+
+class WithHistory(FixedChunk):
+    """Also asks for the actions executed before each history frame, as a UVA policy does."""
+
+    n_obs_steps = 2
+
+    def __init__(self, convention, chunk):
+        super().__init__(convention, chunk)
+        self.seen = []
+
+    def observation_spec(self):
+        return {"state": ObsSpec((2, 8), "float32"), "history_action": ObsSpec((2, self.chunk.shape[-1]), "float32")}
+
+    def __call__(self, obs):
+        self.seen.append(np.array(obs["history_action"]))
+        return super().__call__(obs)
+
+
+def test_history_actions_stay_in_the_policy_convention(pose_env):
+    rot6d_z90 = [0, -1, 0, 1, 0, 0]
+    chunk = np.array([[0.5, 0.5, 0.5, *rot6d_z90, 1], [0.5, 0.5, 0.6, *rot6d_z90, -1]], np.float32)
+    policy = WithHistory("abs_rot6d10", chunk)
+    evaluate_policy(policy, "posetoy", seeds=[0], n_envs=1, max_steps=4, progress=False)
+    assert len(policy.seen) == 2 and policy.seen[1].shape == (1, 2, 10)
+    np.testing.assert_allclose(policy.seen[1][0], chunk, atol=1e-6)  # what it predicted, not the env's 7-d form
+    assert np.isnan(policy.seen[0]).all()  # episode start: no action yet

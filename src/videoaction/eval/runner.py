@@ -154,6 +154,10 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
         T = adapter.n_obs_steps
         history_action_dim = (int(np.prod(venv.single_action_space.shape)) if adapter.wants_history_action
                               else None)
+        policy_history = convert is not None and history_action_dim is not None  # in the policy's convention
+        if policy_history:
+            history_action_dim = int(adapter.spec["history_action"][-1])
+        last_hist = np.zeros((n_envs, history_action_dim or 1), np.float32)
         pbar = tqdm(total=len(seeds), desc=f"eval {spec}", unit="ep", disable=not progress, leave=False)
 
         def start(i: int, obs_i: dict, info_i: dict) -> None:
@@ -207,7 +211,7 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
                 if all(language[i] is not None for i in need):
                     batch["language"] = [language[i] for i in need]
                 tp = time.perf_counter()
-                chunk = adapter.act(batch)  # (len(need), Ta, A)
+                chunk = raw = adapter.act(batch)  # (len(need), Ta, A)
                 policy_s += time.perf_counter() - tp
                 policy_calls += 1
                 if convert is not None:  # the policy's action convention -> the env's, at the chunk start
@@ -215,13 +219,16 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
                 if chunk.shape[0] != len(need):
                     raise VideoActionError(f"policy returned {chunk.shape[0]} action chunks for {len(need)} "
                                            "observations")
-                for j, i in enumerate(need):
-                    actions_q[i].extend(chunk[j])
-            act = last_action.copy()
+                for j, i in enumerate(need):  # (env action, the same action as the policy predicted it)
+                    actions_q[i].extend(zip(chunk[j], raw[j]))
+            act, hist = last_action.copy(), last_hist.copy()
             for i in range(n_envs):
                 if slot_ep[i] is not None:
-                    act[i] = actions_q[i].popleft()
-            last_action = act
+                    a_env, a_policy = actions_q[i].popleft()
+                    act[i] = a_env
+                    if policy_history:
+                        hist[i] = a_policy
+            last_action, last_hist = act, hist
             obs, reward, terminated, truncated, info = venv.step(act)
             env_steps += n_envs
             reset_mask = np.zeros(n_envs, dtype=bool)
@@ -244,7 +251,7 @@ def run_episodes(adapter: PolicyAdapter, spec: str, seeds: Sequence[int], n_envs
                         c, mk = float(inf[key]), f"max_{key}"
                         st[f"final_{key}"] = c
                         st[mk] = c if st[mk] is None else max(st[mk], c)
-                histories[i].append(o_i, act[i])
+                histories[i].append(o_i, hist[i] if policy_history else act[i])
                 if slot_ep[i] in frames and "image" in o_i:
                     frames[slot_ep[i]].append(np.asarray(o_i["image"]).copy())
                 if terminated[i] or truncated[i] or st["steps"] >= max_steps or (stop_on_success and ok):
