@@ -9,7 +9,8 @@ samples/s = batch / median step time after warm-up. On a CPU the steps use one t
 its ratios are the ones to quote from a busy machine (``training_ratios``). Rows:
 
 * uva-tiny from images (``latent_cache`` False: the tokenizer encodes 8 frames per sample every step), uva-tiny from
-  a latent store written by ``videoaction encode`` (the trainer's default for a frozen tokenizer), dp-tiny;
+  a latent store written by ``videoaction encode`` (the trainer's default for a frozen tokenizer), dp-tiny, and
+  uva-tiny-fast (uva-tiny at width 128) from the latent store;
 * the same uva (latents) and dp rows under bf16 autocast, where the hardware has bf16 matrix instructions
   (``mixed_precision`` "bf16");
 * full runs (``paper_like``): uva-tiny's transformer on kl16 latents at 256 px (``setting`` "paper-like", batch 1),
@@ -146,11 +147,11 @@ def training_ratios(rows: list[dict]) -> list[dict]:
     for precision in ("no", "bf16"):
         plain = [r for r in rows if r.get("setting") is None and "samples_per_s" in r
                  and r.get("mixed_precision", "no") == precision]
-        uva = next((r for r in plain if r["model"] == "uva" and r["latent_cache"]), None)
         dp = next((r for r in plain if r["model"] == "dp"), None)
-        if uva and dp:
-            out.append({"comparison": f"uva-tiny (latent cache) / dp-tiny{', both bf16' if precision == 'bf16' else ''}"
-                                      f", {key}", "ratio": uva[key] / dp[key], "target": 1.0})
+        for uva in (r for r in plain if r["model"] == "uva" and r["latent_cache"] and dp):  # uva-tiny, -fast
+            out.append({"comparison": f"{uva['preset']} (latent cache) / dp-tiny"
+                                      f"{', both bf16' if precision == 'bf16' else ''}, {key}",
+                        "ratio": uva[key] / dp[key], "target": 1.0})
     for r in rows:
         if "speedup_vs_images" in r:
             setting = "paper-like kl16 256 px" if r.get("setting") else "uva-tiny"
@@ -184,6 +185,7 @@ def run(quick: bool = True, paper_like: bool | None = None) -> list[dict]:
             "uva-images": _trainer("uva-tiny", store, root / "uva_img", batch, ["--model.tokenizer.path", str(tok)]),
             "uva-latents": _trainer("uva-tiny", latents, root / "uva_lat", batch, []),
             "dp-images": _trainer("dp-tiny", store, root / "dp", batch, []),
+            "uva-fast-latents": _trainer("uva-tiny-fast", latents, root / "uva_fast", batch, []),
         }
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
