@@ -6,6 +6,11 @@
 * ``stage="policy"`` (stage 2): the TVP and the text tokens are frozen; one truncated UNet pass gives predictive
   features of every predicted frame, the Video Former compresses them, the diffusion-transformer head denoises the
   action chunk. :meth:`predict_action` takes the current frame (``T_obs = 1``) and the instruction.
+* Several cameras (``dataset.image_keys``, e.g. CALVIN's static + gripper): as the reference, every camera's frame
+  goes through the same frozen UNet pass (cameras stacked on the batch, the instruction repeated per camera) and the
+  per-frame feature tokens are joined on the token axis in camera order (main camera first) before the one Video
+  Former: (B, F, n_cameras * N, C). No camera adds a parameter, so the weights' keys and shapes do not depend on the
+  camera count. Stage 1 trains on the main camera (``image``) only.
 
 Stage 2 starts from a stage-1 checkpoint with ``--init``; the TVP settings (UNet / VAE layout, text recipe, fps,
 motion bucket, noise-aug, frames) must equal the checkpoint's, which is checked when the policy is built.
@@ -19,12 +24,13 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from einops import rearrange
 
-from videoaction.config import to_dict
+from videoaction.config import camera_keys, camera_latent_key, to_dict
 from videoaction.data.normalizer import Normalizer
 from videoaction.data.transforms import preprocess_frames
 from videoaction.errors import ConfigError, VideoActionError
-from videoaction.models.base import LossOutput, ObsSpec, Policy
+from videoaction.models.base import LossOutput, Policy
 from videoaction.models.observation import HistoryLayout
 from videoaction.models.vpp.action_head import ActionHead
 from videoaction.models.vpp.config import VPPRunConfig
@@ -119,16 +125,13 @@ class VPPPolicy(Policy):
 
     @property
     def history_layout(self) -> HistoryLayout:
-        """The current frame only (and the instruction)."""
-        return HistoryLayout((0,), 1, language=self.cfg.model.text.kind != "none")
+        """The current frame of every camera (main camera ``image`` first) and the instruction."""
+        return HistoryLayout((0,), 1, language=self.cfg.model.text.kind != "none",
+                             cameras=camera_keys(self.cfg.dataset))
 
     @property
     def action_chunk_start(self) -> int:
         return 0  # action_pred[:, 0] is the action at the observed frame
-
-    def observation_spec(self) -> dict[str, ObsSpec]:
-        s = self.cfg.model.obs_image_size
-        return {"image": ObsSpec((1, s, s, 3), "uint8")}
 
     def metadata(self) -> dict:
         meta = super().metadata()
@@ -164,12 +167,40 @@ class VPPPolicy(Policy):
         img = img[:, -1:] if n is None else img
         return preprocess_frames(img.to(self.device), self.cfg.dataset)
 
-    def context(self, frame: torch.Tensor, language, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Current frame (B, 3, S, S) in [-1, 1] + instructions -> the action head's encoded context."""
+    def camera_latents(self, inputs: Mapping[str, torch.Tensor],
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Model inputs of :meth:`history_inputs` / :meth:`batch_history_inputs` (per camera: frames (B, 1, 3, S, S)
+        in [-1, 1], or a latent store's ``latent`` / ``latent_<camera>`` (B, 1, C, h, w)) -> the current frame's
+        scaled latents of every camera stacked on the batch, camera-major: (n_cameras * B, C, h, w)."""
+        cams = self.history_layout.cameras
+        if all(cam in inputs for cam in cams):
+            frames = torch.cat([inputs[cam][:, 0] for cam in cams]).to(self.device, torch.float32)
+            return self.encode(frames[:, None], generator)[:, 0]
+        keys = [camera_latent_key(cam) for cam in cams]
+        missing = [k for k in keys if k not in inputs]
+        if missing:
+            raise VideoActionError(f"VPP: needs every camera of {list(cams)} as frames or latents {keys}; missing "
+                                   f"{missing}, found keys {sorted(inputs)}")
+        return torch.cat([inputs[k][:, 0] for k in keys]).to(self.device, torch.float32)
+
+    def camera_features(self, z0: torch.Tensor, text: torch.Tensor,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents (n_cameras * B, C, h, w) of :meth:`camera_latents` + text states (B, L, D) -> predictive
+        features (B, F, n_cameras * N, C_feat): one UNet pass over all cameras, each frame's tokens joined in camera
+        order (camera 0's N tokens first), as the reference joins static and gripper features."""
+        k = len(self.history_layout.cameras)
         with torch.no_grad():
-            z0 = self.encode(frame[:, None], generator)[:, 0]
-            text, goal = self.text_states(language, frame.shape[0])
-            feats = extract_features(self.tvp, z0, text, generator=_on(generator, self.device))
+            feats = extract_features(self.tvp, z0, text.repeat(k, 1, 1), generator=_on(generator, self.device))
+        return rearrange(feats, "(k b) f n c -> b f (k n) c", k=k)
+
+    def context(self, inputs: Mapping[str, torch.Tensor], language,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Every camera's current frame (or latent; see :meth:`camera_latents`) + instructions -> the action head's
+        encoded context."""
+        with torch.no_grad():
+            z0 = self.camera_latents(inputs, generator)
+            text, goal = self.text_states(language, z0.shape[0] // len(self.history_layout.cameras))
+            feats = self.camera_features(z0, text, generator)
         return self.head.context(goal, self.former(feats))
 
     # ------------------------------------------------------------------------------------------ training
@@ -198,13 +229,17 @@ class VPPPolicy(Policy):
                 terms["vae_loss"] = float(vae_loss.detach())
             terms["loss"] = float(loss.detach())
             return LossOutput(loss, terms)
-        if "image" not in batch:
-            raise VideoActionError(f"VPP stage 2 batch needs 'image' (B, 1, 3, S, S); keys: {sorted(batch)}")
-        image, action = batch["image"].to(self.device, torch.float32), batch["action"].to(self.device)
+        if self.history_layout.language and "language" not in batch:
+            raise VideoActionError(f"VPP stage 2 batch needs 'language' (B instructions); keys: {sorted(batch)}")
+        if "action" not in batch:
+            raise VideoActionError(f"VPP stage 2 batch needs 'action' (B, >={m.n_actions}, {m.action_dim}); keys: "
+                                   f"{sorted(batch)}")
+        inputs = self.batch_history_inputs(batch)  # each camera: its frames (B, 1, 3, S, S) or latents
+        action = batch["action"].to(self.device)
         if action.ndim != 3 or action.shape[1] < m.n_actions or action.shape[2] != m.action_dim:
             raise VideoActionError(f"VPP batch 'action': expected (B, >={m.n_actions}, {m.action_dim}), found "
                                    f"{tuple(action.shape)}")
-        ctx = self.context(image[:, 0], batch.get("language"), g)
+        ctx = self.context(inputs, inputs.get("language"), g)
         target = self.normalizer.normalize("action", action[:, : m.n_actions].float())
         loss = self.head.loss(target, ctx, g)
         return LossOutput(loss, {"action_loss": float(loss.detach()), "loss": float(loss.detach())})
@@ -214,17 +249,16 @@ class VPPPolicy(Policy):
     def predict_action(self, obs: Mapping[str, Any], *, steps: int | None = None, sigma_min: float | None = None,
                        sigma_max: float | None = None, sampler: str | None = None,
                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """obs ``image`` uint8 (B, T, H, W, 3) (the last frame is used), ``language`` (B strings) -> un-normalised
+        """obs ``image`` uint8 (B, T, H, W, 3) (the last frame is used; every further camera of
+        ``history_layout.cameras`` under its key, same shape), ``language`` (B strings) -> un-normalised
         ``action`` (B, n_action_steps, A) and ``action_pred`` (B, n_actions, A). Sampler settings default to
         ``model.head`` (reference evaluation: ddim, 10 steps, sigma 80 -> 1.0)."""
         if self.stage != "policy":
             raise VideoActionError("this VPP model is stage 1 (video prediction only; model.stage='video'); "
                                    "train stage 2 with --init from it")
-        if "image" not in obs:
-            raise VideoActionError(f"VPP observation needs 'image'; keys: {sorted(obs)}")
-        frame = self._frames(obs["image"])[:, 0]
+        inputs = self.history_inputs(obs)  # every camera (B, 1, 3, S, S) in [-1, 1], validated by name
         g = _on(generator, self.device)
-        ctx = self.context(frame, obs.get("language"), g)
+        ctx = self.context(inputs, inputs.get("language"), g)
         a = self.head.sample(ctx, steps=steps, sigma_min=sigma_min, sigma_max=sigma_max, sampler=sampler,
                              generator=g)
         a = self.normalizer.unnormalize("action", a)
