@@ -97,6 +97,11 @@ class DatasetConfig:
     # "" = taken from the store's ``action_convention`` attribute at training (format readers write it); evaluation
     # converts the policy's chunks into the environment's convention
     action_convention: str = ""
+    # "relative": the state / action keys hold per robot an absolute end-effector pose + gripper (position 3,
+    # axis-angle 3, width 1; the UMI reader's ``state`` / ``action``) and every window is expressed relative to the
+    # pose at its last history step, rotation as 6-d (10 dims per robot; videoaction.data.relative); one robot sets
+    # action_convention to rel_rot6d10 so evaluation converts back. "abs": the stored vectors as they are
+    pose_repr: str = "abs"
 
 
 def store_image_keys(ds: DatasetConfig) -> tuple[str, ...]:

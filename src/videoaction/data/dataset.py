@@ -6,6 +6,8 @@ Each item (see docs/interfaces.md) holds canonical keys whatever the store calls
 ``latent_<name>``; see :func:`videoaction.config.camera_keys`), ``action`` (T, A), ``state`` (T, Ds),
 ``is_pad`` (T,), ``frame_index`` (F,), ``history_action`` (F_history, A) (the action executed right before each
 history frame, NaN at the episode start), ``episode`` and optionally ``language``.
+With ``cfg.pose_repr == "relative"`` state, action and history_action are end-effector poses relative to the pose
+at the window's last history step (10 dims per robot, :mod:`videoaction.data.relative`).
 Augmentation randomness is a pure function of (seed, epoch, item index), so results do not depend on the
 number of loader workers and a resumed run sees exactly the same samples.
 """
@@ -19,13 +21,16 @@ import torch
 from torch.utils.data import Dataset
 
 from videoaction.config import DatasetConfig, camera_keys, camera_latent_key, store_image_keys
-from videoaction.errors import StoreError
+from videoaction.errors import ConfigError, StoreError, VideoActionError
 from videoaction.data.normalizer import Normalizer
+from videoaction.data.relative import ABS_DIM, REL_DIM, RELATIVE_CONVENTION, check_pose_repr, n_robots, \
+    relative_to_current
 from videoaction.data.sampler import SequenceSampler, frame_positions, split_episodes
 from videoaction.data.store import EpisodeStore
 from videoaction.data.transforms import transform_frames
 
 IN_MEMORY_LIMIT_BYTES = 4 << 30  # frames below this size are decompressed once into RAM
+RELATIVE_STAT_WINDOWS = 20_000  # relative windows (evenly spaced) the normalizer statistics are fitted on
 
 
 class SequenceDataset(Dataset):
@@ -36,6 +41,7 @@ class SequenceDataset(Dataset):
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore.open(store)
         self.cfg, self.split, self.seed, self.epoch = cfg, split, seed, 0
         self.augment = (split == "train") if augment is None else augment
+        self.relative = check_pose_repr(getattr(cfg, "pose_repr", "abs"))
         keys = self.store.keys
         self.cameras = camera_keys(cfg)  # batch keys, main camera first
         stores = store_image_keys(cfg)
@@ -66,7 +72,9 @@ class SequenceDataset(Dataset):
         self.state = None
         if cfg.state_key:
             state = self.store.to_numpy([cfg.state_key])[cfg.state_key].astype(np.float32)
-            self.state = state[:, : cfg.state_dims] if cfg.state_dims else state
+            self.state = state if self.relative or not cfg.state_dims else state[:, : cfg.state_dims]
+        if self.relative:
+            self._check_relative()
         nbytes = 0
         for key in self.frame_keys:
             arr = self.store.array(key)
@@ -90,7 +98,7 @@ class SequenceDataset(Dataset):
             if len(s_shape) != 1 or s_dtype.kind not in "fiu":
                 raise StoreError(path, "state must be a numeric vector per step", key=f"data/{cfg.state_key}",
                                  expected="(D,) float", found=f"{s_shape} {s_dtype}")
-            if cfg.state_dims and cfg.state_dims > s_shape[0]:
+            if cfg.state_dims and cfg.state_dims > s_shape[0] and not self.relative:
                 raise StoreError(path, f"dataset.state_dims={cfg.state_dims} exceeds the state size",
                                  key=f"data/{cfg.state_key}", expected=f">= {cfg.state_dims} dims", found=s_shape)
 
@@ -108,14 +116,50 @@ class SequenceDataset(Dataset):
             raise StoreError(path, "images must be uint8 (or float 0-255)", key=f"data/{frame_key}",
                              expected="uint8", found=str(dtype))
 
+    def _check_relative(self) -> None:
+        """Relative windows need (7 per robot) state and action; they yield 10 per robot and, for one robot, the
+        ``rel_rot6d10`` action convention (written into the run's config so evaluation converts back)."""
+        cfg, path = self.cfg, self.store.path
+        if self.state is None:
+            raise StoreError(path, "dataset.pose_repr=relative needs the observed end-effector pose: set "
+                             "dataset.state_key", key="dataset.state_key", expected="a (7 per robot) state key")
+        for key, arr in ((cfg.state_key, self.state), (cfg.action_key, self.action)):
+            try:
+                n_robots(arr.shape[-1], f"data/{key}")
+            except VideoActionError:
+                raise StoreError(path, "dataset.pose_repr=relative needs per robot position (3) + axis-angle (3) + "
+                                 "gripper (1)", key=f"data/{key}", expected=f"a multiple of {ABS_DIM} dims",
+                                 found=arr.shape[1:]) from None
+        if self.action.shape[-1] != self.state.shape[-1]:
+            raise StoreError(path, "dataset.pose_repr=relative needs actions laid out like the state (pose targets "
+                             "of the same robots)", key=f"data/{cfg.action_key}", expected=self.state.shape[1:],
+                             found=self.action.shape[1:])
+        robots = self.state.shape[-1] // ABS_DIM
+        if cfg.state_dims not in (None, REL_DIM * robots):
+            raise ConfigError(f"dataset.pose_repr=relative yields {REL_DIM * robots}-d proprio ({robots} robot(s)); "
+                              f"dataset.state_dims={cfg.state_dims} would cut it: set it to {REL_DIM * robots} or None")
+        if robots == 1:
+            if cfg.action_convention not in ("", RELATIVE_CONVENTION):
+                raise ConfigError(f"dataset.pose_repr=relative trains {RELATIVE_CONVENTION} actions, but "
+                                  f"dataset.action_convention={cfg.action_convention!r}")
+            cfg.action_convention = RELATIVE_CONVENTION  # saved with the checkpoint: evaluation converts back
+
+    def _relative_windows(self, buf_idx: np.ndarray, *extra: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(..., T) window positions -> relative (state, action, *extra) (..., T, 10R) about the last history step."""
+        return relative_to_current(self.state[buf_idx], self.cfg.frames.last_history, self.action[buf_idx], *extra)
+
     # ------------------------------------------------------------------------------------------ sizes
     @property
     def action_dim(self) -> int:
-        return int(self.action.shape[-1])
+        a = int(self.action.shape[-1])
+        return a // ABS_DIM * REL_DIM if self.relative else a
 
     @property
     def state_dim(self) -> int:
-        return 0 if self.state is None else int(self.state.shape[-1])
+        if self.state is None:
+            return 0
+        d = int(self.state.shape[-1])
+        return d // ABS_DIM * REL_DIM if self.relative else d
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
@@ -128,7 +172,10 @@ class SequenceDataset(Dataset):
         return len(self.sampler)
 
     def fit_normalizer(self) -> Normalizer:
-        """Statistics of every step of this split's episodes (fit on the training split)."""
+        """Statistics of every step of this split's episodes (fit on the training split); relative windows: of
+        the windows themselves (actions at every step, proprio at the history steps), as UMI does."""
+        if self.relative:
+            return self._fit_relative_normalizer()
         steps = np.zeros(self.store.n_steps, dtype=bool)
         starts = self.store.episode_starts
         for ep in np.nonzero(self.episode_mask)[0]:
@@ -138,6 +185,20 @@ class SequenceDataset(Dataset):
         if self.state is not None:
             arrays["state"], modes["state"] = self.state[steps], self.cfg.state_norm
         return Normalizer.fit_arrays(arrays, modes)
+
+    def _fit_relative_normalizer(self) -> Normalizer:
+        n = len(self.sampler)
+        if n == 0:
+            raise StoreError(self.store.path, f"the {self.split} split has no windows to fit statistics on")
+        pick = np.unique(np.linspace(0, n - 1, min(n, RELATIVE_STAT_WINDOWS)).round().astype(np.int64))
+        states, actions = [], []
+        for chunk in np.array_split(pick, max(1, len(pick) // 1024)):
+            idx = np.stack([self.sampler.positions(int(i))[0] for i in chunk])  # (N, T)
+            state, action = self._relative_windows(idx)
+            states.append(state[:, : self.cfg.frames.last_history + 1].reshape(-1, state.shape[-1]))
+            actions.append(action.reshape(-1, action.shape[-1]))
+        return Normalizer.fit_arrays({"action": np.concatenate(actions), "state": np.concatenate(states)},
+                                     {"action": self.cfg.action_norm, "state": self.cfg.state_norm})
 
     # ------------------------------------------------------------------------------------------ items
     def _read_frames(self, idx: np.ndarray, frame_key: str | None = None) -> np.ndarray:
@@ -161,9 +222,14 @@ class SequenceDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.augment else None
         buf_idx, is_pad = self.sampler.positions(i)
         frame_pos = frame_positions(self.cfg.frames, self.cfg.horizon, rng) if rng is not None else self.frame_pos
+        history = self._history_action(i, buf_idx, is_pad, frame_pos)
+        if self.relative:
+            state, action, history = self._relative_windows(buf_idx, history)
+        else:
+            state, action = (None if self.state is None else self.state[buf_idx]), self.action[buf_idx]
         item = {
-            "action": torch.from_numpy(self.action[buf_idx]),
-            "history_action": torch.from_numpy(self._history_action(i, buf_idx, is_pad, frame_pos)),
+            "action": torch.from_numpy(action),
+            "history_action": torch.from_numpy(history),
             "is_pad": torch.from_numpy(is_pad),
             "frame_index": torch.from_numpy(frame_pos),
             "episode": self.sampler.episode(i),
@@ -174,8 +240,8 @@ class SequenceDataset(Dataset):
                 item[camera_latent_key(camera)] = torch.from_numpy(np.asarray(frames, dtype=np.float32))
             else:  # each camera draws its own augmentation from the item's generator, in camera order
                 item[camera] = transform_frames(frames, self.cfg, rng)
-        if self.state is not None:
-            item["state"] = torch.from_numpy(self.state[buf_idx])
+        if state is not None:
+            item["state"] = torch.from_numpy(state)
         if self.language is not None:
             item["language"] = self.language[self.sampler.episode(i)]
         return item

@@ -52,16 +52,18 @@ def write_robomimic(path, lengths=(5, 7, 6), size=8, image_key="agentview_image"
     return Path(path)
 
 
-def write_umi(path, lengths=(12, 15), size=32, seed=0, drop: str | None = None) -> tuple[Path, dict, np.ndarray]:
+def write_umi(path, lengths=(12, 15), size=32, seed=0, drop: str | None = None,
+              arrays: dict[str, np.ndarray] | None = None) -> tuple[Path, dict, np.ndarray]:
     """A UMI replay buffer as UMI's 07_generate_replay_buffer.py writes it: built in memory, saved to a ZipStore,
-    frames in JPEG-XL chunks of one frame (``JpegXl(level=99, numthreads=1)``)."""
+    frames in JPEG-XL chunks of one frame (``JpegXl(level=99, numthreads=1)``). ``arrays`` replaces generated
+    data arrays (known poses: ``robot0_eef_pos``, ``robot0_eef_rot_axis_angle``, ... of ``sum(lengths)`` steps)."""
     import zarr
     from imagecodecs.numcodecs import Jpegxl
 
     from videoaction.data.formats.umi import register_codecs
 
     register_codecs()
-    rng = np.random.default_rng(seed)
+    rng, arrays_in = np.random.default_rng(seed), arrays
     n = int(sum(lengths))
     mem = zarr.group(store=zarr.MemoryStore())
     data, meta = mem.require_group("data"), mem.require_group("meta")
@@ -74,6 +76,7 @@ def write_umi(path, lengths=(12, 15), size=32, seed=0, drop: str | None = None) 
         "robot0_demo_start_pose": np.zeros((n, 6)),
         "robot0_demo_end_pose": np.ones((n, 6)),
     }
+    arrays.update({k: np.asarray(v, dtype=np.float32) for k, v in (arrays_in or {}).items()})
     for k, v in arrays.items():
         if k != drop:
             data.array(k, v, chunks=v.shape)
