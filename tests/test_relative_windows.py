@@ -142,3 +142,15 @@ def test_dp_tiny_trains_on_relative_windows_and_records_the_convention(umi, tmp_
     assert result.step == 2 and all(np.isfinite(m["loss"]) for m in read_metrics(tmp_path / "run"))
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["dataset"]["pose_repr"] == "relative" and saved["dataset"]["action_convention"] == "rel_rot6d10"
+
+
+def test_pusht_and_metaworld_declare_their_conventions():
+    from videoaction.envs.action_conventions import ActionConventionError, get_convention
+    from videoaction.envs.spec import get_env_spec
+
+    for env, name, dim in (("pusht", "xy2", 2), ("pusht-m", "xy2", 2), ("metaworld:reach-v3", "mw4", 4)):
+        spec = get_env_spec(env)
+        assert spec.action_convention == name and get_convention(name).dim == dim
+        assert chunk_converter(name, spec.action_convention) is None  # its own policies run unconverted
+        with pytest.raises(ActionConventionError, match=name):  # a relative-pose policy is refused before a step
+            chunk_converter("rel_rot6d10", spec.action_convention, ee_pose=lambda obs: obs["pose"])

@@ -98,6 +98,7 @@ class MetaworldEnv(gym.Env):
     """One Metaworld task; ``reset(seed)`` draws the object/goal positions from that seed."""
 
     metadata = {"render_modes": ["rgb_array"]}
+    action_convention = "mw4"  # hand delta (3) + gripper (videoaction.envs.action_conventions)
 
     def __init__(self, task: str, image_size: int | tuple[int, int] = 96, camera: str = "corner2",
                  max_steps: int = 500, goal_observable: bool = True, wrist_camera: str = ""):
@@ -200,6 +201,7 @@ SPEC = register_env(EnvSpec(
                                     proprio_doc="hand x, y, z + gripper opening (Metaworld state[0:4])",
                                     privileged_state_dims=39),
     max_steps=500, seed_start=100_000, metrics=MetricSpec(),
+    action_convention=MetaworldEnv.action_convention,
     render_backend="MuJoCo offscreen renderer: OSMesa (CPU) when headless, EGL on a GPU; shadows and reflections off",
     setup=ensure_headless_gl, packages=("metaworld", "mujoco"),
     demo="videoaction.demos.metaworld:record_episode",

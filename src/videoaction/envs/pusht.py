@@ -103,6 +103,8 @@ class PushTVisualConfig:
 class VAPushTEnv(PushTEnv):
     """gym-pusht PushT with dict observations; ``multi_goal=True`` is UVA's PushT-M."""
 
+    action_convention = "xy2"  # agent target position in pixels (videoaction.envs.action_conventions)
+
     def __init__(self, multi_goal: bool = False, visual: PushTVisualConfig | None = None, image_size: int = 96,
                  **kw):
         super().__init__(obs_type="state", render_mode="rgb_array", observation_width=image_size,
@@ -202,6 +204,7 @@ def _spec(name: str, multi_goal: bool, gym_id: str, description: str) -> EnvSpec
         variants=VARIANTS, dash_variants=True,
         instruction=lambda variant, _n=name: INSTRUCTIONS[_n],
         observation=OBSERVATION, max_steps=300, seed_start=100_000, metrics=METRICS,
+        action_convention=VAPushTEnv.action_convention,
         render_backend="pygame software rendering (CPU; no OpenGL)",
         packages=("gym-pusht", "pymunk", "shapely", "pygame"),
         demo="videoaction.demos.pusht:record_episode")
