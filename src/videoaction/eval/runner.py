@@ -284,6 +284,8 @@ def _action_converter(venv, spec: str, policy_convention: str | None):
     from videoaction.envs.action_conventions import chunk_converter
     from videoaction.envs.spec import get_env_spec
 
+    if policy_convention is None:  # nothing to convert (also for envs built by a custom env_fn, not registered)
+        return None
     env_spec = get_env_spec(spec)
     env_convention = env_spec.action_convention
     envs = getattr(venv, "envs", None)  # in-process envs: read the attribute where it exists
