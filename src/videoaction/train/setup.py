@@ -277,8 +277,9 @@ def fill_model_sizes(cfg, dataset, log: Log) -> None:
             setattr(m, name, value)
     if hasattr(m, "state_dim") and dataset.state is not None and cfg.dataset.state_dims is None:
         cfg.dataset.state_dims = dataset.state_dim
-    if not getattr(cfg.dataset, "action_convention", "x") and dataset.store.attrs.get("action_convention"):
-        cfg.dataset.action_convention = str(dataset.store.attrs["action_convention"])  # saved with the checkpoint
+    store_attrs = getattr(getattr(dataset, "store", None), "attrs", None) or {}
+    if not getattr(cfg.dataset, "action_convention", "x") and store_attrs.get("action_convention"):
+        cfg.dataset.action_convention = str(store_attrs["action_convention"])  # saved with the checkpoint
         log(f"dataset.action_convention: {cfg.dataset.action_convention} (from the data)")
     text = getattr(m, "text", None)  # a learned per-instruction embedding: its vocabulary is the data's instructions
     if text is not None and text.kind == "task_embedding" and not text.vocabulary and dataset.language is not None:
