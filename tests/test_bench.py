@@ -16,7 +16,7 @@ def test_bench_quick_writes_every_field(tmp_path, capsys):
     assert set(report) >= {"latency", "training", "data", "machine", "ratios"}
     assert "errors" not in report, report.get("errors")
     models = {r["model"] for r in report["latency"]}
-    assert models == {"uva", "dp"}
+    assert models == {"uva", "dp", "vpp"}  # VPP's per-stage rows join the latency table
     for row in report["latency"]:
         assert {"model", "preset", "sampler", "steps", "p50_ms", "p90_ms"} <= set(row)
         assert 0 < row["p50_ms"] <= row["p90_ms"] * 1.0001
