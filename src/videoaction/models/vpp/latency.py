@@ -23,9 +23,10 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def stage_latency(policy, obs: Mapping[str, Any], repeats: int = 5, warmup: int = 1,
-                  steps: int | None = None) -> dict[str, float]:
+                  steps: int | None = None, totals: list[float] | None = None) -> dict[str, float]:
     """ms per stage (and ``total``) of the median of ``repeats`` ``predict_action``-equivalent calls on ``obs``
-    (by total time; the stages are that call's, so they add up to the total)."""
+    (by total time; the stages are that call's, so they add up to the total). ``totals``, when given, receives
+    every measured call's total ms (for percentiles)."""
     dev = policy.device
     runs: dict[str, list[float]] = {k: [] for k in (*STAGES, "total")}
     for i in range(warmup + repeats):
@@ -55,5 +56,7 @@ def stage_latency(policy, obs: Mapping[str, Any], repeats: int = 5, warmup: int 
         if i >= warmup:
             for k, v in t.items():
                 runs[k].append(v)
+    if totals is not None:
+        totals.extend(runs["total"])
     mid = int(np.argsort(runs["total"])[(len(runs["total"]) - 1) // 2])  # the median call (lower middle)
     return {k: round(v[mid], 2) for k, v in runs.items()}  # its stages, so that they add up to its total
