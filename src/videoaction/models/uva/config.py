@@ -4,9 +4,11 @@ Sizes (``SIZES``): ``tiny`` trains on a CPU; ``base`` is the paper's MAR-B (widt
 diffusion heads depth 6 width 1024). With ``base``, PushT settings (A = 2, no language, 16 x 16 tokens, 4 + 4
 frames, 16 actions) give exactly the reference's state dict (uva.md §12, 444 keys, 261,079,156 parameters).
 
-Presets: ``uva-tiny`` / ``uva-tiny-video`` (CPU, small tokenizer at 64 px, 4 x 4 tokens per frame), ``uva-base`` / ``uva-base-video``
-(paper: kl16 at 256 px), ``uva-base-lang`` (LIBERO-like: A = 10, CLIP text features 512-d). The ``-video`` presets
-are stage 1 (``video_model`` only, no action head); stage 2 starts from them with ``--init``.
+Presets: ``uva-tiny`` / ``uva-tiny-video`` (CPU, small tokenizer at 64 px, 4 x 4 tokens per frame), ``uva-tiny-fast``
+(uva-tiny at width 128: 4x fewer training FLOPs per sample, better held-out actions and video at equal CPU time),
+``uva-base`` / ``uva-base-video`` (paper: kl16 at 256 px), ``uva-base-lang`` (LIBERO-like: A = 10, CLIP text features
+512-d). The ``-video`` presets are stage 1 (``video_model`` only, no action head); stage 2 starts from them with
+``--init``.
 """
 
 from __future__ import annotations
