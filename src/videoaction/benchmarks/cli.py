@@ -103,10 +103,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quality-minutes", type=float, default=30.0, help="training budget per family (--quality)")
     parser.add_argument("--quality-data", help="demonstration store for --quality (default: generate PushT demos)")
     parser.add_argument("--targets", action="store_true",
-                        help="the evaluation targets: UVA-tiny on PushT and Metaworld easy tasks for a wall-clock "
-                             "training budget each (writes OUT without .json / targets.json)")
+                        help="the closed-loop targets: UVA-tiny, UVA-action and DP-C-tiny on PushT (image + "
+                             "agent_pos) and one UVA-tiny on Metaworld easy tasks (image + 4-d proprio + instruction), "
+                             "trained side by side for the same wall-clock budget, with learning curves and floors on "
+                             "the same seeds (writes OUT without .json / targets.json)")
     parser.add_argument("--targets-minutes", type=float, default=60.0, help="training budget per environment")
-    parser.add_argument("--targets-envs", nargs="+", default=["pusht", "metaworld"], choices=["pusht", "metaworld"])
+    from videoaction.benchmarks.targets import TARGET_ENVS
+
+    parser.add_argument("--targets-envs", nargs="+", default=list(TARGET_ENVS), choices=sorted(TARGET_ENVS),
+                        help="environments of --targets")
     parser.add_argument("--threads", type=int, help="torch threads (e.g. 1 to run two benchmarks side by side)")
     parser.add_argument("--gpu", action="store_true",
                         help="paper-size UVA and DP-C on the GPU in one run of <= 8 min (benchmarks/gpu.sh): latency "

@@ -25,13 +25,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from videoaction.errors import VideoActionError
 from videoaction.utils.io import atomic_write_json
 
 METAWORLD_EASY = ("button-press-topdown", "drawer-open", "reach")
-# what each environment's headline score is, and the floors evaluated next to the models
-SCORES = {"pusht": ("dp_score", "DP score"), "metaworld": ("success_rate", "success rate (mean over tasks)")}
 
 
 @dataclass
@@ -211,7 +210,9 @@ def _floor_job(name: str, env: str, seeds: list[int], data: str, out: str, max_s
 # ----------------------------------------------------------------------------------------------- the run
 @dataclass
 class _Env:
-    name: str  # pusht | metaworld
+    """One environment of the benchmark: what is trained and evaluated there, and the issue's target for it."""
+
+    name: str  # key of TARGET_ENVS
     spec: str  # evaluation env spec
     models: tuple[str, ...]
     floors: tuple[str, ...]
@@ -221,22 +222,36 @@ class _Env:
     demo_kind: str
     episodes: int
     tasks: tuple[str, ...] | None = None
+    score: str = "success_rate"  # headline metric (results["metrics"] key) and its label
+    score_label: str = "success rate"
+    target: float = 0.5  # the headline target: >= this
+    target_per_task: bool = False  # the target holds for each task (else for the headline score)
+    compare_to: str | None = None  # model-name prefix the main UVA run must match or beat in the same run
+
+
+def _pusht(sizes: TargetSizes) -> _Env:
+    return _Env("pusht", "pusht", sizes.pusht_models, ("random", "mean-action"), sizes.max_eval_steps,
+                sizes.curve_points, sizes.curve_episodes, "pusht", sizes.pusht_episodes,
+                score="dp_score", score_label="DP score", target=0.5, compare_to="dp")
+
+
+def _metaworld(sizes: TargetSizes) -> _Env:
+    tasks = tuple(sizes.metaworld_tasks)
+    return _Env("metaworld", "metaworld:" + ",".join(tasks), sizes.metaworld_models, ("random",),
+                sizes.metaworld_max_steps, sizes.metaworld_curve_points, sizes.metaworld_curve_episodes, "metaworld",
+                sizes.metaworld_episodes, tasks, score="success_rate", score_label="success rate (mean over tasks)",
+                target=0.5, target_per_task=True)
+
+
+# the environments of the closed-loop targets: name -> its description built from the invocation's sizes
+TARGET_ENVS: dict[str, Callable[[TargetSizes], _Env]] = {"pusht": _pusht, "metaworld": _metaworld}
 
 
 def _envs(sizes: TargetSizes) -> list[_Env]:
-    out = []
-    for env in sizes.envs:
-        if env == "pusht":
-            out.append(_Env("pusht", "pusht", sizes.pusht_models, ("random", "mean-action"), sizes.max_eval_steps,
-                            sizes.curve_points, sizes.curve_episodes, "pusht", sizes.pusht_episodes))
-        elif env == "metaworld":
-            tasks = tuple(sizes.metaworld_tasks)
-            out.append(_Env("metaworld", "metaworld:" + ",".join(tasks), sizes.metaworld_models, ("random",),
-                            sizes.metaworld_max_steps, sizes.metaworld_curve_points, sizes.metaworld_curve_episodes,
-                            "metaworld", sizes.metaworld_episodes, tasks))
-        else:
-            raise VideoActionError(f"bench --targets: unknown environment {env!r}; choose pusht or metaworld")
-    return out
+    unknown = [e for e in sizes.envs if e not in TARGET_ENVS]
+    if unknown:
+        raise VideoActionError(f"bench --targets: unknown environment {unknown[0]!r}; choose from {sorted(TARGET_ENVS)}")
+    return [TARGET_ENVS[e](sizes) for e in sizes.envs]
 
 
 def _pool(n: int) -> ProcessPoolExecutor:
@@ -313,7 +328,7 @@ def run_targets(out: Path, sizes: TargetSizes | None = None, log=print) -> dict:
             for i, m in enumerate(e.models):
                 evals[(e.name, m)] = pool.submit(
                     _curve_eval_job, curves[(e.name, m)], e.spec, seeds[e.name], e.curve_episodes,
-                    SCORES[e.name][0], str(out / e.name / "eval" / m), e.max_steps, 4 if i == 0 else 0, sizes.threads)
+                    e.score, str(out / e.name / "eval" / m), e.max_steps, 4 if i == 0 else 0, sizes.threads)
             for f in e.floors:
                 floors[(e.name, f)] = pool.submit(_floor_job, f, e.spec, seeds[e.name], demos[e.name]["path"],
                                                   str(out / e.name / "eval" / "floors" / f), e.max_steps, sizes.seed,
@@ -352,7 +367,7 @@ def _env_summary(e: _Env, out: Path, sizes: TargetSizes, seeds: list[int], demos
     from videoaction.eval.curves import CHECKPOINT_RULE, curve_section
     from videoaction.eval.report import write_report
 
-    key, label = SCORES[e.name]
+    key, label = e.score, e.score_label
     rows, results = [], []
     for m, ev in evals.items():
         last, best = ev["last"], ev["best"]
@@ -377,7 +392,7 @@ def _env_summary(e: _Env, out: Path, sizes: TargetSizes, seeds: list[int], demos
     summary = {"env": e.spec, "score": key, "score_label": label, "seeds": seeds, "max_steps": e.max_steps,
                "checkpoint_rule": CHECKPOINT_RULE, "curve_seeds_intermediate": first["seeds_intermediate"],
                "demos": demos, "tokenizer": tokenizer, "models": rows, "floors": floor_rows, "report": str(report)}
-    summary["targets"] = _verdicts(e.name, rows, floor_rows)
+    summary["targets"] = _verdicts(e, rows, floor_rows)
     return summary
 
 
@@ -388,7 +403,7 @@ def _metrics(m: dict) -> dict:
     return out
 
 
-def _verdicts(env: str, rows: list[dict], floors: dict) -> dict:
+def _verdicts(e: _Env, rows: list[dict], floors: dict) -> dict:
     by = {r["model"]: r for r in rows}
     uva = next((r for r in rows if r["model"].startswith("uva") and "action" not in r["model"]), None)
     out: dict = {}
@@ -396,14 +411,15 @@ def _verdicts(env: str, rows: list[dict], floors: dict) -> dict:
         return out
     best_floor = max((f["score"] for f in floors.values()), default=0.0)
     out["uva_over_best_floor"] = uva["score"] - best_floor
-    if env == "pusht":
-        out["uva_dp_score_ge_0.5"] = uva["score"] >= 0.5
-        dp = next((r for r in rows if r["model"].startswith("dp")), None)
-        if dp is not None:
-            out["uva_ge_dp"] = uva["score"] >= dp["score"]
-    else:
+    if e.target_per_task:
         per_task = uva.get("per_task", {})
-        out["uva_success_ge_0.5_each_task"] = bool(per_task) and all(v >= 0.5 for v in per_task.values())
+        out[f"uva_{e.score}_ge_{e.target:g}_each_task"] = bool(per_task) and all(v >= e.target
+                                                                                 for v in per_task.values())
+    else:
+        out[f"uva_{e.score}_ge_{e.target:g}"] = uva["score"] >= e.target
+    other = next((r for r in rows if e.compare_to and r["model"].startswith(e.compare_to)), None)
+    if other is not None:
+        out[f"uva_ge_{e.compare_to}"] = uva["score"] >= other["score"]
     action = next((r for r in rows if "action" in r["model"]), None)
     if action is not None:
         out["uva_minus_uva_action"] = uva["score"] - action["score"]
