@@ -136,3 +136,21 @@ def test_target_presets_follow_the_observation_protocol_and_the_ablation_changes
         if getattr(cfg.model, "use_state", False) and cfg.dataset.language_key and cfg.dataset.state_dims is None:
             assert "privileged_state" in name, name
     assert "uva-tiny-metaworld-privileged_state" in names
+
+
+def test_targets_models_replace_an_environments_presets_and_refuse_unknown_ones():
+    from videoaction.benchmarks.targets import TargetSizes, _envs, targets_models
+    from videoaction.config import get_preset
+    from videoaction.errors import VideoActionError
+
+    fields = targets_models(["metaworld=uva-tiny-metaworld,uva-tiny-fast-metaworld"])
+    assert fields == {"metaworld_models": ("uva-tiny-metaworld", "uva-tiny-fast-metaworld")}
+    envs = {e.name: e for e in _envs(TargetSizes(**fields))}
+    assert envs["metaworld"].models == ("uva-tiny-metaworld", "uva-tiny-fast-metaworld")
+    assert envs["pusht"].models == TargetSizes().pusht_models
+    fast, base = get_preset("uva-tiny-fast-metaworld"), get_preset("uva-tiny-metaworld")
+    assert (fast.model.width, base.model.width) == (128, 256)  # the one difference that matters: width
+    assert fast.model.state_dim == base.model.state_dim == 4 and fast.model.language and fast.dataset.language_key
+    for bad in ("metaworld", "mw=uva-tiny", "metaworld=", "pusht=uva-tiny-nonexistent"):
+        with pytest.raises(VideoActionError, match="targets-models"):
+            targets_models([bad])

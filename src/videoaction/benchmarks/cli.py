@@ -112,6 +112,9 @@ def main(argv: list[str]) -> int:
 
     parser.add_argument("--targets-envs", nargs="+", default=list(TARGET_ENVS), choices=sorted(TARGET_ENVS),
                         help="environments of --targets")
+    parser.add_argument("--targets-models", nargs="+", metavar="ENV=PRESET[,PRESET...]", default=[],
+                        help="--targets: the presets trained for an environment instead of its default ones, e.g. "
+                             "metaworld=uva-tiny-metaworld,uva-tiny-fast-metaworld")
     parser.add_argument("--threads", type=int, help="torch threads (e.g. 1 to run two benchmarks side by side)")
     parser.add_argument("--gpu", action="store_true",
                         help="paper-size UVA and DP-C on the GPU in one run of <= 8 min (benchmarks/gpu.sh): latency "
@@ -126,10 +129,12 @@ def main(argv: list[str]) -> int:
         return gpu_main(["--out", args.out] + (["--budget-s", str(args.gpu_budget_s)] if args.gpu_budget_s else []))
 
     if args.targets:  # a long experiment of its own: nothing else runs beside it
-        from videoaction.benchmarks.targets import QUICK, TargetSizes, print_targets, run_targets
+        from videoaction.benchmarks.targets import (QUICK, TargetSizes, print_targets, run_targets,
+                                                    targets_models)
 
         base = QUICK if args.quick else TargetSizes(minutes=args.targets_minutes)
-        sizes = dataclasses.replace(base, envs=tuple(args.targets_envs), threads=args.threads)
+        sizes = dataclasses.replace(base, envs=tuple(args.targets_envs), threads=args.threads or base.threads,
+                                    **targets_models(args.targets_models))
         summary = run_targets(Path(args.out).with_suffix(""), sizes)
         summary["machine"] = machine_info()
         atomic_write_json(Path(args.out), summary)

@@ -247,6 +247,25 @@ def _metaworld(sizes: TargetSizes) -> _Env:
 TARGET_ENVS: dict[str, Callable[[TargetSizes], _Env]] = {"pusht": _pusht, "metaworld": _metaworld}
 
 
+def targets_models(specs: list[str]) -> dict[str, tuple[str, ...]]:
+    """``["metaworld=uva-tiny-metaworld,uva-tiny-fast-metaworld"]`` -> ``{"metaworld_models": (...)}``: the
+    ``TargetSizes`` fields that replace an environment's default presets (each preset checked to exist)."""
+    from videoaction.config import all_presets
+
+    out = {}
+    for spec in specs:
+        env, sep, presets = spec.partition("=")
+        names = tuple(p for p in presets.split(",") if p)
+        if not sep or env not in TARGET_ENVS or not names:
+            raise VideoActionError(f"bench --targets-models: expected ENV=PRESET[,PRESET...] with ENV one of "
+                                   f"{sorted(TARGET_ENVS)}, got {spec!r}")
+        unknown = [n for n in names if n not in all_presets()]
+        if unknown:
+            raise VideoActionError(f"bench --targets-models {spec!r}: unknown preset {unknown[0]!r}")
+        out[f"{env}_models"] = names
+    return out
+
+
 def _envs(sizes: TargetSizes) -> list[_Env]:
     unknown = [e for e in sizes.envs if e not in TARGET_ENVS]
     if unknown:

@@ -293,6 +293,11 @@ def uva_tiny_metaworld() -> UVARunConfig:
     return _metaworld(uva_tiny(), "uva-tiny-metaworld", 4)
 
 
+def uva_tiny_fast_metaworld() -> UVARunConfig:
+    """``uva-tiny-metaworld`` at ``uva-tiny-fast``'s width 128 (a quarter of the FLOPs per sample)."""
+    return _metaworld(uva_tiny_fast(), "uva-tiny-fast-metaworld", 4)
+
+
 def uva_tiny_action_metaworld() -> UVARunConfig:
     cfg = _metaworld(uva_tiny(), "uva-tiny-action-metaworld", 4)
     cfg.model.task_modes = ("policy_model",)
@@ -310,6 +315,7 @@ PRESETS.update({
     "uva-tiny-pusht-image-only": uva_tiny_pusht_image_only,
     "uva-tiny-action": uva_tiny_action,
     "uva-tiny-metaworld": uva_tiny_metaworld,
+    "uva-tiny-fast-metaworld": uva_tiny_fast_metaworld,
     "uva-tiny-action-metaworld": uva_tiny_action_metaworld,
     "uva-tiny-metaworld-privileged_state": uva_tiny_metaworld_privileged_state,
 })
