@@ -146,3 +146,22 @@ def test_no_latent_cache_when_the_frames_change_every_step(data):
     assert "no image key 'wrist'" in latent_cache_blocker(cfg, trainer.dataset.store)
     with pytest.raises(Exception, match="latent_cache"):
         _setup(data, "bad", latent_cache="maybe")
+
+
+def test_optim_compile_compiles_the_policys_targets_in_place_and_keeps_the_ema_and_keys_eager(data, monkeypatch):
+    from videoaction.errors import VideoActionError
+    from videoaction.models.uva.policy import UVAPolicy
+
+    plain, _ = _setup(data, "eager")
+    trainer, logs = _setup(data, "compiled", ["--optim.compile"])
+    targets = trainer.policy.compile_targets()
+    net = trainer.policy.model
+    assert len(targets) == len(net.encoder_blocks) + len(net.decoder_blocks) + 2  # blocks + both heads' MLPs
+    assert all(m._compiled_call_impl is not None for m in targets)  # compiled on their first call, in place
+    assert all(m._compiled_call_impl is None for m in plain.policy.compile_targets())
+    assert all(m._compiled_call_impl is None for m in trainer.ema.module.modules())  # the EMA copy stays eager
+    assert list(trainer.policy.state_dict()) == list(plain.policy.state_dict())  # checkpoints keep their keys
+    assert any("optim.compile: " in m for m in logs)
+    monkeypatch.setattr(UVAPolicy, "compile_targets", lambda self: [])
+    with pytest.raises(VideoActionError, match="names no modules to compile"):
+        _setup(data, "none", ["--optim.compile"])

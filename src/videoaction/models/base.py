@@ -172,6 +172,12 @@ class Policy(nn.Module):
                 own[name].load_state_dict(field.state_dict())
                 own[name].mode = field.mode
 
+    def compile_targets(self) -> list[nn.Module]:
+        """Modules that ``optim.compile`` compiles in place for training: the repeated, fixed-shape parts (transformer
+        blocks, denoiser networks). In-place compilation keeps state-dict keys, so checkpoints do not change. A
+        family that names none cannot be trained with ``optim.compile``."""
+        return []
+
     @classmethod
     def train_entry(cls) -> Callable | None:
         """The family's own training function ``(cfg, opts: TrainOptions) -> TrainResult`` for data the shared

@@ -178,6 +178,14 @@ class Trainer:
         self.ema = EMA(self.policy, power=cfg.optim.ema_power, max_decay=cfg.optim.ema_max) \
             if cfg.optim.ema and self.main else None
         o = cfg.optim
+        if o.compile:  # after the EMA copy, which stays eager
+            targets = self.policy.compile_targets()
+            if not targets:
+                raise VideoActionError(f"optim.compile: the {cfg.family!r} family names no modules to compile "
+                                       f"(Policy.compile_targets)")
+            for module in targets:
+                module.compile(dynamic=False)
+            self.log(f"optim.compile: {len(targets)} modules compiled in place (compilation runs on the first steps)")
         self.optimizer = make_adamw(param_groups(self.policy, o.weight_decay), o.lr, tuple(o.betas))
         from diffusers.optimization import get_scheduler
 

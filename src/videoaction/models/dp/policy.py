@@ -108,6 +108,10 @@ class DiffusionPolicy(Policy):
         return rearrange(feat, "b t f -> b (t f)")
 
     # ------------------------------------------------------------------------------------------ training
+    def compile_targets(self) -> list[nn.Module]:
+        """The noise-prediction U-Net (the vision encoder trains too, but its input sizes are fixed by the data)."""
+        return [self.model]
+
     def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
                      mode: str | None = None) -> LossOutput:
         m = self.mcfg

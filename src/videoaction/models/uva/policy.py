@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 from einops import rearrange, repeat
 
 from videoaction.errors import VideoActionError
@@ -335,6 +336,12 @@ class UVAPolicy(UVASamplingMixin, Policy):
         return self.normalizer.normalize("action", a.to(self.device))
 
     # ------------------------------------------------------------------------------------------ training
+    def compile_targets(self) -> list[nn.Module]:
+        """The encoder / decoder blocks and the denoiser MLPs of both heads (the tokenizer is frozen or cached)."""
+        net = self.model
+        heads = [net.diffloss.net] + ([net.diffactloss.net] if getattr(net, "diffactloss", None) is not None else [])
+        return [*net.encoder_blocks, *net.decoder_blocks, *heads]
+
     def compute_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
                      mode: str | None = None) -> LossOutput:
         """One task mode for the batch (uva.md §7; ``mode`` forces one, e.g. ``video_model`` for an action-free
