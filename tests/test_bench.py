@@ -154,3 +154,32 @@ def test_targets_models_replace_an_environments_presets_and_refuse_unknown_ones(
     for bad in ("metaworld", "mw=uva-tiny", "metaworld=", "pusht=uva-tiny-nonexistent"):
         with pytest.raises(VideoActionError, match="targets-models"):
             targets_models([bad])
+
+
+@pytest.mark.sim
+def test_bench_targets_families_trains_a_two_stage_vpp_beside_uva_and_dp_on_one_budget(tmp_path):
+    """`--targets-envs families`: UVA, VPP (stage 1, then stage 2 initialised from it) and DP-C on one Metaworld task;
+    VPP's two stages share its budget and its curve minutes count from the start of stage 1."""
+    from videoaction.envs.metaworld import ensure_headless_gl
+    from videoaction.eval.curves import read_curve
+
+    ensure_headless_gl()
+    pytest.importorskip("metaworld")
+    out = tmp_path / "targets.json"
+    assert main(["--targets", "--quick", "--targets-envs", "families", "--out", str(out), "--threads", "1"]) == 0
+    fam = json.loads(out.read_text())["envs"]["families"]
+    root = tmp_path / "targets" / "families"
+    assert [r["model"] for r in fam["models"]] == ["uva-tiny-metaworld", "vpp-tiny-video>vpp-tiny", "dp-tiny-metaworld"]
+    assert set(fam["floors"]) == {"random"} and fam["env"] == "metaworld:drawer-open"
+    assert "uva_success_rate_ge_0.5" in fam["targets"]  # one task: the headline is that task's success
+    video, policy = read_curve(root / "runs" / "vpp-tiny-video"), read_curve(root / "runs" / "vpp-tiny")
+    assert len(video) == 1 and len(policy) == 2 and video[-1]["step"] > 0
+    cfg = json.loads((root / "runs" / "vpp-tiny" / "config.json").read_text())
+    assert cfg["init"] == video[-1]["checkpoint"] and cfg["model"]["stage"] == "policy"
+    vpp = fam["models"][1]
+    budget = json.loads(out.read_text())["budget_minutes"]
+    assert vpp["budget_minutes"] == pytest.approx(budget)  # stage 1's half counted in the curve's minutes
+    assert vpp["curve"][0]["minutes"] == pytest.approx(budget * 0.75)
+    assert (root / "eval" / "vpp-tiny").is_dir()
+    dp = json.loads((root / "runs" / "dp-tiny-metaworld" / "config.json").read_text())
+    assert dp["model"]["state_dim"] == 4

@@ -108,10 +108,11 @@ def main(argv: list[str]) -> int:
                              "trained side by side for the same wall-clock budget, with learning curves and floors on "
                              "the same seeds (writes OUT without .json / targets.json)")
     parser.add_argument("--targets-minutes", type=float, default=60.0, help="training budget per environment")
-    from videoaction.benchmarks.targets import TARGET_ENVS
+    from videoaction.benchmarks.targets import TARGET_ENVS, TargetSizes
 
-    parser.add_argument("--targets-envs", nargs="+", default=list(TARGET_ENVS), choices=sorted(TARGET_ENVS),
-                        help="environments of --targets")
+    parser.add_argument("--targets-envs", nargs="+", default=list(TargetSizes().envs), choices=sorted(TARGET_ENVS),
+                        help="environments of --targets (default: pusht metaworld; families: UVA vs VPP vs DP-C on "
+                             "one Metaworld task)")
     parser.add_argument("--targets-models", nargs="+", metavar="ENV=PRESET[,PRESET...]", default=[],
                         help="--targets: the presets trained for an environment instead of its default ones, e.g. "
                              "metaworld=uva-tiny-metaworld,uva-tiny-fast-metaworld")

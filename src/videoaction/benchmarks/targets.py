@@ -53,6 +53,12 @@ class TargetSizes:
     metaworld_tasks: tuple[str, ...] = METAWORLD_EASY
     pusht_models: tuple[str, ...] = ("uva-tiny-pusht", "uva-tiny-action", "dp-tiny")
     metaworld_models: tuple[str, ...] = ("uva-tiny-metaworld",)
+    # families on one Metaworld task at equal budget; "a>b": train preset a, then b initialised from it (--init)
+    families_task: str = "drawer-open"
+    families_models: tuple[str, ...] = ("uva-tiny-metaworld", "vpp-tiny-video>vpp-tiny", "dp-tiny-metaworld")
+    families_curve_episodes: int = 10
+    families_episodes: int = 30
+    pretrain_share: float = 0.5  # of a pipeline's budget spent on its earlier stages ("a" of "a>b")
     seed: int = 0
     smoke: bool = False  # shrink the networks (tests)
     prepare_only: bool = False  # stop after demonstrations and stage 0 (a later run with the same out reuses them)
@@ -62,7 +68,7 @@ class TargetSizes:
 QUICK = TargetSizes(minutes=0.15, pusht_episodes=3, metaworld_episodes=1, eval_episodes=3, curve_points=2,
                     curve_episodes=2, metaworld_curve_points=2, metaworld_curve_episodes=1, metaworld_max_steps=12,
                     max_eval_steps=12, tokenizer_steps=5, batch_size=4, smoke=True, eval_workers=2,
-                    metaworld_tasks=("drawer-open", "reach"))
+                    metaworld_tasks=("drawer-open", "reach"), families_episodes=2, families_curve_episodes=1)
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -83,7 +89,7 @@ def run_config(preset: str, data: str, out: str, sizes: TargetSizes, tokenizer: 
             m.width, m.num_heads = 64, 2
             m.video_head.width = m.action_head.width = 64
             m.video_head.depth = m.action_head.depth = 1
-        else:
+        elif hasattr(m, "down_dims"):
             m.down_dims, m.backbone_width = (16, 32), 8
     for key, value in sizes.overrides.items():
         obj, *path = [cfg, *key.split(".")]
@@ -168,19 +174,42 @@ def _latents_job(preset: str, data: str, tokenizer: str, out: str, threads) -> d
     return info
 
 
-def _train_job(cfg, minutes: float, points: int, threads) -> list[dict]:
+def stages(model: str) -> list[str]:
+    """``"a>b"`` -> ``["a", "b"]``: a pipeline of presets, each initialised from the previous run (``--init``)."""
+    return model.split(">")
+
+
+def label(model: str) -> str:
+    """The run and evaluation folder of a model: its last stage's preset."""
+    return stages(model)[-1]
+
+
+def _train_job(cfgs: list, minutes: float, points: int, threads, pretrain_share: float = 0.5) -> list[dict]:
+    """Train a model (``cfgs``: its stages) for ``minutes`` of training wall-clock in all. Earlier stages share
+    ``pretrain_share`` of the budget; the curve points are the last stage's, their minutes counted from the start
+    of the first stage. Resumable stage by stage."""
     from videoaction.eval.curves import train_with_curve
     from videoaction.train.trainer import TrainOptions
 
     _threads(threads)
-    log_path = Path(cfg.out) / "train.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    pre_minutes = minutes * pretrain_share if len(cfgs) > 1 else 0.0
+    done = 0.0
+    for i, cfg in enumerate(cfgs):
+        log_path = Path(cfg.out) / "train.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
 
-    def log(msg: str) -> None:
-        with open(log_path, "a") as f:
-            f.write(msg + "\n")
+        def log(msg: str, path=log_path) -> None:
+            with open(path, "a") as f:
+                f.write(msg + "\n")
 
-    return train_with_curve(cfg, minutes, points, TrainOptions(progress=False, log=log), log=log)
+        last = i == len(cfgs) - 1
+        share = minutes - pre_minutes if last else pre_minutes / (len(cfgs) - 1)
+        if i:
+            cfg.init = prev[-1]["checkpoint"]
+        prev = train_with_curve(cfg, share, points if last else 1, TrainOptions(progress=False, log=log), log=log)
+        if not last:
+            done += share
+    return [dict(p, minutes=round(p["minutes"] + done, 6), stage_minutes=p["minutes"]) for p in prev]
 
 
 def _curve_eval_job(curve: list[dict], env: str, seeds: list[int], n_intermediate: int, score_key: str, out: str,
@@ -243,8 +272,17 @@ def _metaworld(sizes: TargetSizes) -> _Env:
                 target=0.5, target_per_task=True)
 
 
+def _families(sizes: TargetSizes) -> _Env:
+    """UVA vs VPP vs DP-C on one Metaworld task (image + 4-d proprio; VPP reads image + instruction), equal budget."""
+    task = sizes.families_task
+    return _Env("families", f"metaworld:{task}", sizes.families_models, ("random",), sizes.metaworld_max_steps,
+                sizes.metaworld_curve_points, sizes.families_curve_episodes, "metaworld", sizes.families_episodes,
+                (task,), score="success_rate", score_label=f"success rate ({task})", target=0.5)
+
+
 # the environments of the closed-loop targets: name -> its description built from the invocation's sizes
-TARGET_ENVS: dict[str, Callable[[TargetSizes], _Env]] = {"pusht": _pusht, "metaworld": _metaworld}
+TARGET_ENVS: dict[str, Callable[[TargetSizes], _Env]] = {"pusht": _pusht, "metaworld": _metaworld,
+                                                         "families": _families}
 
 
 def targets_models(specs: list[str]) -> dict[str, tuple[str, ...]]:
@@ -331,10 +369,14 @@ def run_targets(out: Path, sizes: TargetSizes | None = None, log=print) -> dict:
     with _pool(len(jobs)) as pool:
         futs = {}
         for e, m in jobs:
-            uva = m.startswith("uva")
-            cfg = run_config(m, latents[e.name]["path"] if uva else demos[e.name]["path"],
-                             str(out / e.name / "runs" / m), sizes, tokenizers[e.name]["path"] if uva else None)
-            futs[(e.name, m)] = pool.submit(_train_job, cfg, sizes.minutes, e.points, sizes.threads)
+            cfgs = []
+            for p in stages(m):
+                uva = p.startswith("uva")
+                cfgs.append(run_config(p, latents[e.name]["path"] if uva else demos[e.name]["path"],
+                                       str(out / e.name / "runs" / p), sizes,
+                                       tokenizers[e.name]["path"] if uva else None))
+            futs[(e.name, m)] = pool.submit(_train_job, cfgs, sizes.minutes, e.points, sizes.threads,
+                                            sizes.pretrain_share)
         curves = {k: f.result() for k, f in futs.items()}
     t["training"] = time.perf_counter() - t0
 
@@ -347,7 +389,7 @@ def run_targets(out: Path, sizes: TargetSizes | None = None, log=print) -> dict:
             for i, m in enumerate(e.models):
                 evals[(e.name, m)] = pool.submit(
                     _curve_eval_job, curves[(e.name, m)], e.spec, seeds[e.name], e.curve_episodes,
-                    e.score, str(out / e.name / "eval" / m), e.max_steps, 4 if i == 0 else 0, sizes.threads)
+                    e.score, str(out / e.name / "eval" / label(m)), e.max_steps, 4 if i == 0 else 0, sizes.threads)
             for f in e.floors:
                 floors[(e.name, f)] = pool.submit(_floor_job, f, e.spec, seeds[e.name], demos[e.name]["path"],
                                                   str(out / e.name / "eval" / "floors" / f), e.max_steps, sizes.seed,

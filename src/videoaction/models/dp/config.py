@@ -96,4 +96,14 @@ def dp_tiny_image_only() -> DPRunConfig:
     return cfg
 
 
-PRESETS.update({"dp-tiny-image-only": dp_tiny_image_only})
+def dp_tiny_metaworld() -> DPRunConfig:
+    """``dp-tiny`` on Metaworld's standard observation: camera image + 4-d proprio (hand position, gripper). One task
+    per model: DP-C has no instruction input."""
+    cfg = dp_tiny()
+    cfg.preset = "dp-tiny-metaworld"
+    cfg.dataset.state_dims = 4
+    cfg.model.state_dim = 4
+    return cfg
+
+
+PRESETS.update({"dp-tiny-image-only": dp_tiny_image_only, "dp-tiny-metaworld": dp_tiny_metaworld})
