@@ -151,7 +151,8 @@ def test_targets_models_replace_an_environments_presets_and_refuse_unknown_ones(
     fast, base = get_preset("uva-tiny-fast-metaworld"), get_preset("uva-tiny-metaworld")
     assert (fast.model.width, base.model.width) == (128, 256)  # the one difference that matters: width
     assert fast.model.state_dim == base.model.state_dim == 4 and fast.model.language and fast.dataset.language_key
-    for bad in ("metaworld", "mw=uva-tiny", "metaworld=", "pusht=uva-tiny-nonexistent"):
+    assert targets_models(["families=vpp-tiny-video>vpp-tiny"]) == {"families_models": ("vpp-tiny-video>vpp-tiny",)}
+    for bad in ("metaworld", "mw=uva-tiny", "metaworld=", "pusht=uva-tiny-nonexistent", "families=vpp-tiny>nope"):
         with pytest.raises(VideoActionError, match="targets-models"):
             targets_models([bad])
 

@@ -287,7 +287,8 @@ TARGET_ENVS: dict[str, Callable[[TargetSizes], _Env]] = {"pusht": _pusht, "metaw
 
 def targets_models(specs: list[str]) -> dict[str, tuple[str, ...]]:
     """``["metaworld=uva-tiny-metaworld,uva-tiny-fast-metaworld"]`` -> ``{"metaworld_models": (...)}``: the
-    ``TargetSizes`` fields that replace an environment's default presets (each preset checked to exist)."""
+    ``TargetSizes`` fields that replace an environment's default presets (each preset, and each stage of an
+    ``"a>b"`` pipeline, checked to exist)."""
     from videoaction.config import all_presets
 
     out = {}
@@ -297,7 +298,7 @@ def targets_models(specs: list[str]) -> dict[str, tuple[str, ...]]:
         if not sep or env not in TARGET_ENVS or not names:
             raise VideoActionError(f"bench --targets-models: expected ENV=PRESET[,PRESET...] with ENV one of "
                                    f"{sorted(TARGET_ENVS)}, got {spec!r}")
-        unknown = [n for n in names if n not in all_presets()]
+        unknown = [p for n in names for p in stages(n) if p not in all_presets()]
         if unknown:
             raise VideoActionError(f"bench --targets-models {spec!r}: unknown preset {unknown[0]!r}")
         out[f"{env}_models"] = names
