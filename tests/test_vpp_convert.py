@@ -20,9 +20,10 @@ D, HEADS, INNER, FRAMES, QUERIES, C_FEAT, GOAL, ACT, N_ACT = 16, 2, 16, 2, 3, 12
 FORMER_DEPTH, ENC, DEC = 2, 2, 2
 
 
-def reference_shapes() -> dict[str, tuple[int, ...]]:
+def reference_shapes(FRAMES=FRAMES, C_FEAT=C_FEAT, GOAL=GOAL, ACT=ACT, N_ACT=N_ACT) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of VPP_Policy's trained parts as the reference constructs them (bias=False
-    DiffusionTransformer with use_mlp_goal, proprio_dim 8; Video_Former_3D with use_temporal), scaled down."""
+    DiffusionTransformer with use_mlp_goal, proprio_dim 8; Video_Former_3D with use_temporal), scaled down; the
+    sizes a model must share with it can be set."""
     s: dict[str, tuple[int, ...]] = {}
     f = "Video_Former."
     s.update({f + "goal_emb.0.weight": (2 * D, C_FEAT), f + "goal_emb.0.bias": (2 * D,),
@@ -64,9 +65,9 @@ def reference_shapes() -> dict[str, tuple[int, ...]]:
     return s
 
 
-def write_reference(path, extra: dict | None = None) -> dict[str, torch.Tensor]:
+def write_reference(path, extra: dict | None = None, **sizes) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    sd = {k: torch.randn(shape, generator=g) * 0.3 for k, shape in reference_shapes().items()}
+    sd = {k: torch.randn(shape, generator=g) * 0.3 for k, shape in reference_shapes(**sizes).items()}
     sd["TVP_encoder.text_encoder.text_model.embeddings.position_embedding.weight"] = torch.zeros(20, 8)
     sd["language_goal.clip_rn50.positional_embedding"] = torch.zeros(77, 8)
     sd.update(extra or {})
@@ -165,3 +166,44 @@ def test_reference_compat_adaln_has_no_one_plus():
         c = head.context(torch.randn(2, GOAL), torch.randn(2, FRAMES * QUERIES, D))
         assert head.sample(c, steps=3).shape == (2, N_ACT, ACT)
         assert torch.isfinite(head.loss(torch.randn(2, N_ACT, ACT), c))
+
+
+def _stage2_cfg(**model):
+    from videoaction.config import get_preset
+
+    cfg = get_preset("vpp-tiny")
+    cfg.model.text.vocabulary = ("open the drawer",)
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
+    return cfg
+
+
+def test_stage2_policy_takes_converted_weights_and_refuses_other_sizes(tmp_path):
+    """`model.action_weights`: a vpp-tiny stage-2 policy built on a converted folder carries its Video Former and
+    action head (reference_compat, the converted tensors) and still predicts; sizes that differ are named."""
+    from videoaction.models.vpp.features import feature_layout
+    from videoaction.models.vpp.policy import VPPPolicy
+
+    probe = _stage2_cfg()
+    m = probe.model
+    _, c_feat = feature_layout(m, probe.dataset.image_size // 2 ** (len(m.vae.block_out_channels) - 1))
+    sizes = dict(FRAMES=m.num_frames, C_FEAT=c_feat, GOAL=m.text.goal_dim, ACT=m.action_dim, N_ACT=m.n_actions)
+    write_reference(tmp_path / "dp.pt", **sizes)
+    convert_dp_calvin(tmp_path / "dp.pt", tmp_path / "conv", allow_pickle=True, heads=HEADS, log=lambda s: None)
+    policy = VPPPolicy(_stage2_cfg(action_weights=str(tmp_path / "conv"))).eval()
+    want = load_converted(tmp_path / "conv").state_dict()
+    got = {**{f"former.{k}": v for k, v in policy.former.state_dict().items()},
+           **{f"head.{k}": v for k, v in policy.head.state_dict().items()}}
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert policy.cfg.model.head.reference_compat and policy.cfg.model.former.reference_compat
+    fresh = VPPPolicy(_stage2_cfg()).eval()
+    assert not fresh.cfg.model.head.reference_compat  # without the folder: the fixed head, fresh weights
+    obs = {"image": torch.randint(0, 256, (1, 1, m.obs_image_size, m.obs_image_size, 3), dtype=torch.uint8),
+           "language": ["open the drawer"]}
+    with torch.no_grad():
+        out = policy.predict_action(obs)
+    assert out["action"].shape == (1, m.n_action_steps, m.action_dim) and torch.isfinite(out["action"]).all()
+    with pytest.raises(ConvertError, match=r"n_actions: converted \d+ vs model 3"):
+        VPPPolicy(_stage2_cfg(action_weights=str(tmp_path / "conv"), n_actions=3, n_action_steps=3))
+    with pytest.raises(ConvertError, match="vpp_action.json"):
+        VPPPolicy(_stage2_cfg(action_weights=str(tmp_path / "nothing")))

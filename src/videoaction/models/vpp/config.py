@@ -155,6 +155,9 @@ class VPPConfig:
     action_dim: int = 7
     n_actions: int = 10
     n_action_steps: int = 10
+    # a folder from `videoaction convert --kind vpp-dp-calvin`: stage 2 takes its Video Former and action head
+    # (configs and weights, reference_compat) instead of building fresh ones
+    action_weights: str | None = None
 
     def validate(self) -> None:
         if self.stage not in STAGES:

@@ -196,3 +196,27 @@ def load_converted(directory) -> ConvertedAction:
     model = ConvertedAction(VideoFormerConfig(**rep["former"]), ActionHeadConfig(**rep["head"]), rep["sizes"])
     model.load_state_dict(load_file(str(directory / OUT_WEIGHTS)))
     return model.eval()
+
+
+def adopt_converted(m, feature_channels: int, directory) -> dict:
+    """Point a stage-2 model config ``m`` (VPPConfig) at a converted folder: its Video Former and head configs
+    replace ``m.former`` / ``m.head`` after every size is checked against the model's; returns the ``former.*`` /
+    ``head.*`` tensors to load. A size that differs is an error naming it."""
+    import json
+
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / OUT_CONFIG).is_file() or not (directory / OUT_WEIGHTS).is_file():
+        raise ConvertError(f"model.action_weights {directory}: expected {OUT_CONFIG} and {OUT_WEIGHTS} there "
+                           f"(written by `videoaction convert --kind vpp-dp-calvin`)")
+    rep = json.loads((directory / OUT_CONFIG).read_text())
+    sizes = rep["sizes"]
+    own = {"feature_channels": feature_channels, "num_frames": m.num_frames, "goal_dim": m.text.goal_dim,
+           "action_dim": m.action_dim, "n_actions": m.n_actions}
+    wrong = [f"{k}: converted {sizes.get(k)} vs model {v}" for k, v in own.items() if sizes.get(k) != v]
+    if wrong:
+        raise ConvertError(f"model.action_weights {directory}: the converted weights do not fit this model "
+                           f"({'; '.join(wrong)})")
+    m.former, m.head = VideoFormerConfig(**rep["former"]), ActionHeadConfig(**rep["head"])
+    return load_file(str(directory / OUT_WEIGHTS))

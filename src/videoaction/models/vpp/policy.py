@@ -34,6 +34,7 @@ from videoaction.models.base import LossOutput, Policy
 from videoaction.models.observation import HistoryLayout
 from videoaction.models.vpp.action_head import ActionHead
 from videoaction.models.vpp.config import VPPRunConfig
+from videoaction.models.vpp.convert_dp import adopt_converted
 from videoaction.models.vpp.features import extract_features, feature_layout
 from videoaction.models.vpp.loading import build_unet, build_vae, load_svd
 from videoaction.models.vpp.text_tokens import TextTokens, text_dropout
@@ -91,8 +92,19 @@ class VPPPolicy(Policy):
             self.tvp.requires_grad_(False)
             self.text.requires_grad_(False)
             n_tok, c_feat = feature_layout(m, self.latent_size)
+            converted = adopt_converted(m, c_feat, m.action_weights) if m.action_weights and load_pretrained \
+                else None
             self.former = VideoFormer(m.former, c_feat, m.num_frames)
             self.head = ActionHead(m.head, m.action_dim, m.n_actions, m.text.goal_dim, self.former.n_tokens)
+            if converted is not None:  # strict: every former.* / head.* tensor, nothing else
+                trained = {f"former.{k}": v for k, v in self.former.state_dict().items()}
+                trained.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+                missing, extra = sorted(set(trained) - set(converted)), sorted(set(converted) - set(trained))
+                if missing or extra:
+                    raise ConfigError(f"model.action_weights {m.action_weights}: {len(missing)} missing {missing[:5]}, "
+                                      f"{len(extra)} unexpected {extra[:5]}")
+                self.former.load_state_dict({k[7:]: v for k, v in converted.items() if k.startswith("former.")})
+                self.head.load_state_dict({k[5:]: v for k, v in converted.items() if k.startswith("head.")})
         self.normalizer = Normalizer({"action": m.action_dim}, {"action": ds.action_norm})
 
     # ------------------------------------------------------------------------------------------ basics
