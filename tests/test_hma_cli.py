@@ -66,6 +66,24 @@ def test_train_cli_writes_project_checkpoints_and_resumes_exactly(tokens):
         assert torch.equal(tensor, resumed[name]), name
 
 
+def test_train_cli_keeps_an_ema_that_resumes_exactly(tokens):
+    """`--optim.ema True`: the checkpoint holds the averaged weights beside the trained ones, load_policy prefers
+    them, and 2 + 2 resumed steps give the same EMA, bit for bit, as 4 uninterrupted ones."""
+    root, data = tokens
+    assert _train(root / "ema_full", data, 4, "--optim.ema") == 0
+    ckpt = root / "ema_full" / "checkpoints" / "step_0000004"
+    assert (ckpt / "ema.safetensors").is_file()
+    trained = {k: v for k, v in load_policy(ckpt, prefer_ema=False).state_dict().items()}
+    averaged = _weights(ckpt)
+    assert any(not torch.equal(trained[k], averaged[k]) for k in trained)  # the average lags the trained weights
+    assert _train(root / "ema_part", data, 2, "--optim.ema") == 0
+    assert _train(root / "ema_part", data, 4, "--optim.ema", "--resume") == 0
+    resumed = _weights(root / "ema_part")
+    assert all(torch.equal(v, resumed[k]) for k, v in averaged.items())
+    assert _train(root / "part_no_ema", data, 2) == 0
+    assert _train(root / "part_no_ema", data, 4, "--optim.ema", "--resume") == 1  # no EMA to resume
+
+
 def test_train_cli_names_unknown_embodiment(tokens, capsys):
     root, data = tokens
     assert _train(root / "bad", f"robot-x={data}", 1) == 1

@@ -23,6 +23,7 @@ import torch
 
 from videoaction.config import to_dict
 from videoaction.errors import VideoActionError
+from videoaction.train.ema import EMA
 
 from .config import HMARunConfig
 from .policy import HMAPolicy
@@ -88,11 +89,18 @@ def train_run(cfg: HMARunConfig, opts=None):
 
         load_init(policy, cfg.init, opts.init_partial, log)
     opt, sched = make_optimizer(policy, cfg)
+    o = cfg.optim
+    ema = EMA(policy, power=o.ema_power, max_decay=o.ema_max) if o.ema else None
     g = torch.Generator().manual_seed(cfg.seed)
     step = 0
     if cfg.resume and latest is not None:
         policy.load_state_dict(load_state_dict(latest / "model.safetensors"))
         state, optimizer = ck.read_train_state(latest)
+        if ema is not None:
+            if not (latest / "ema.safetensors").is_file():
+                raise VideoActionError(f"--resume with optim.ema: {latest} has no ema.safetensors (the run was "
+                                       f"trained without EMA); resume with --optim.no-ema")
+            ema.load_state_dict(load_state_dict(latest / "ema.safetensors"), state.get("ema_updates", 0))
         opt.load_state_dict(optimizer)
         sched.load_state_dict(state["scheduler"])
         sampler.rng.bit_generator.state = state["sampler_rng"]
@@ -109,8 +117,9 @@ def train_run(cfg: HMARunConfig, opts=None):
     def save() -> Path:
         tmp = ck.begin_checkpoint(run_dir, step)
         ck.save_rank_rng(tmp, 0, g)
-        policy.save_pretrained(tmp, config)
+        policy.save_pretrained(tmp, config, ema=ema.module if ema is not None else None)
         ck.write_train_state(tmp, opt.state_dict(), {"step": step, "scheduler": sched.state_dict(),
+                                                     "ema_updates": ema.n_updates if ema is not None else 0,
                                                      "sampler_rng": _sampler_state(sampler), "world_size": 1,
                                                      "seed": cfg.seed, "time": time.time()})
         final = ck.commit_checkpoint(tmp, ck.step_name(step))
@@ -127,6 +136,8 @@ def train_run(cfg: HMARunConfig, opts=None):
         while step < cfg.steps:
             batch = sampler.batch(cfg.optim.batch_size)
             terms = train_step(policy, batch, opt, sched, g, cfg.optim.grad_clip)
+            if ema is not None:
+                ema.update(policy)
             if not np.isfinite(terms["loss"]):
                 raise VideoActionError(f"hma: non-finite loss at step {step + 1} on {batch['domain']!r} ({terms}); "
                                        f"lower --optim.lr or check the dataset")
