@@ -1,7 +1,7 @@
 """The CUDA paths of training and inference, end to end, for a lent GPU (CI has none): a few steps of each family
 through `videoaction train --device cuda` (bf16; UVA also with --optim.compile; VPP both stages), then each
-checkpoint loaded onto the GPU and asked for actions. Prints one line per check and exits non-zero on the first
-failure. About a minute on an H100-class GPU.
+checkpoint loaded onto the GPU and asked for actions (HMA, a world model, through its own loop: trained and
+loaded). Prints one line per check and exits non-zero on the first failure. About a minute on an H100-class GPU.
 
     python benchmarks/cuda_smoke.py [WORK_DIR] [--device cpu]   (cpu: the same checks without a GPU)
 """
@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from videoaction.cli import main as cli
+from videoaction.data.hma_tokens import encode_store
 from videoaction.data.store import EpisodeStore
 from videoaction.models.base import load_policy
 from videoaction.nn.tokenizer import SmallAutoencoder, save_tokenizer
+from videoaction.nn.tokenizer.lfq import LFQTokenizer, save_lfq, tiny_lfq_config
 from videoaction.train.synthetic import make_store
 
 INSTRUCTIONS = ("push the box right", "push the box left")
@@ -90,6 +92,14 @@ def main(work: Path, device: str = "cuda") -> None:
                                             "--out", str(work / "vpp1")], device, act=False)
     check("vpp-tiny (stage 2 from stage 1)", ["train", "--preset", "vpp-tiny", *vpp, "--init", str(s1),
                                               "--out", str(work / "vpp2")], device)
+    small = make_store(work / "small.zarr", n_episodes=3, length=12, image_size=32)
+    lfq = save_lfq(LFQTokenizer(tiny_lfq_config(z_channels=10)), work / "lfq")
+    tokens = encode_store(small, work / "tokens", str(lfq), image_size=32, name="pusht", progress=False,
+                          log=lambda m: None)
+    hma = ["train", "--preset", "hma-tiny-disc", "--data", str(tokens), "--device", device, "--steps", "4",
+           "--save-every", "4", "--no-progress", "--optim.batch-size", "4", "--optim.ema", "--model.d-model", "32",
+           "--model.num-layers", "1", "--model.num-heads", "2", "--model.n-action-tokens", "2"]
+    check("hma-tiny-disc (its own loop, EMA)", [*hma, "--out", str(work / "hma")], device, act=False)
     print(f"cuda_smoke: all passed on {device}", flush=True)
 
 

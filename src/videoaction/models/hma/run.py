@@ -54,6 +54,16 @@ def resolve_datasets(cfg: HMARunConfig, data: str | None = None) -> dict:
     return out
 
 
+def run_device(name: str) -> torch.device:
+    """``RunConfig.device``: "auto" (CUDA when there is one), "cpu" or "cuda[:N]"."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VideoActionError(f"--device {name}: no CUDA device here")
+    return device
+
+
 def _sampler_state(sampler: MultiEmbodimentSampler) -> dict:
     return sampler.rng.bit_generator.state
 
@@ -88,10 +98,12 @@ def train_run(cfg: HMARunConfig, opts=None):
         from videoaction.train.setup import load_init
 
         load_init(policy, cfg.init, opts.init_partial, log)
+    device = run_device(cfg.device)
+    policy.to(device)
     opt, sched = make_optimizer(policy, cfg)
     o = cfg.optim
     ema = EMA(policy, power=o.ema_power, max_decay=o.ema_max) if o.ema else None
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
     step = 0
     if cfg.resume and latest is not None:
         policy.load_state_dict(load_state_dict(latest / "model.safetensors"))
@@ -111,7 +123,7 @@ def train_run(cfg: HMARunConfig, opts=None):
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config)
     n = sum(p.numel() for p in policy.parameters())
-    log(f"hma model: {n / 1e6:.2f} M parameters; embodiments "
+    log(f"hma model: {n / 1e6:.2f} M parameters on {device}; embodiments "
         + ", ".join(f"{k} ({len(v)} windows)" for k, v in sampler.starts.items()))
 
     def save() -> Path:
@@ -134,7 +146,8 @@ def train_run(cfg: HMARunConfig, opts=None):
     policy.train()
     try:
         while step < cfg.steps:
-            batch = sampler.batch(cfg.optim.batch_size)
+            batch = {k: v.to(device) if torch.is_tensor(v) else v
+                     for k, v in sampler.batch(cfg.optim.batch_size).items()}
             terms = train_step(policy, batch, opt, sched, g, cfg.optim.grad_clip)
             if ema is not None:
                 ema.update(policy)
