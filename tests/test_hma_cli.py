@@ -84,6 +84,21 @@ def test_train_cli_keeps_an_ema_that_resumes_exactly(tokens):
     assert _train(root / "part_no_ema", data, 4, "--optim.ema", "--resume") == 1  # no EMA to resume
 
 
+def test_train_cli_bf16_autocast_trains_and_fp16_is_refused(tokens, capsys):
+    root, data = tokens
+    assert _train(root / "bf16", data, 3, "--optim.mixed-precision", "bf16") == 0
+    records = [json.loads(x) for x in (root / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(np.isfinite(r["loss"]) for r in records)
+    weights = load_policy(root / "bf16").state_dict()
+    assert all(v.dtype != torch.bfloat16 for v in weights.values())  # float32 master weights
+    assert _train(root / "fp32", data, 3) == 0
+    fp32 = load_policy(root / "fp32").state_dict()
+    assert set(fp32) == set(weights) and any(not torch.equal(fp32[k], weights[k]) for k in fp32)  # autocast ran
+    capsys.readouterr()
+    assert _train(root / "fp16", data, 2, "--optim.mixed-precision", "fp16") == 1
+    assert "loss scaling" in capsys.readouterr().err and not (root / "fp16" / "checkpoints").exists()
+
+
 def test_train_cli_names_unknown_embodiment(tokens, capsys):
     root, data = tokens
     assert _train(root / "bad", f"robot-x={data}", 1) == 1

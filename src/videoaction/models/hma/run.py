@@ -27,7 +27,7 @@ from videoaction.train.ema import EMA
 
 from .config import HMARunConfig
 from .policy import HMAPolicy
-from .training import MultiEmbodimentSampler, fit_statistics, make_optimizer, train_step
+from .training import MultiEmbodimentSampler, check_precision, fit_statistics, make_optimizer, train_step
 
 
 def resolve_datasets(cfg: HMARunConfig, data: str | None = None) -> dict:
@@ -82,6 +82,7 @@ def train_run(cfg: HMARunConfig, opts=None):
     if not cfg.out:
         raise VideoActionError("a run needs --out DIR")
     cfg.model.validate()
+    check_precision(cfg.optim.mixed_precision)
     run_dir = Path(cfg.out)
     latest = ck.read_pointer(run_dir / ck.CHECKPOINTS, ck.LATEST)
     if latest is not None and not cfg.resume:
@@ -148,7 +149,7 @@ def train_run(cfg: HMARunConfig, opts=None):
         while step < cfg.steps:
             batch = {k: v.to(device) if torch.is_tensor(v) else v
                      for k, v in sampler.batch(cfg.optim.batch_size).items()}
-            terms = train_step(policy, batch, opt, sched, g, cfg.optim.grad_clip)
+            terms = train_step(policy, batch, opt, sched, g, cfg.optim.grad_clip, cfg.optim.mixed_precision)
             if ema is not None:
                 ema.update(policy)
             if not np.isfinite(terms["loss"]):

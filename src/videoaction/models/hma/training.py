@@ -88,9 +88,20 @@ def make_optimizer(policy: HMAPolicy, cfg: HMARunConfig):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
 
 
-def train_step(policy: HMAPolicy, batch: dict, opt, sched, generator: torch.Generator, grad_clip: float) -> dict:
-    """One optimizer step on one embodiment's batch; returns the loss terms."""
-    out = policy.compute_loss(batch, generator=generator)
+def check_precision(precision: str) -> None:
+    if precision not in ("no", "bf16"):
+        raise VideoActionError(f"optim.mixed_precision {precision!r}: HMA's training loop supports 'no' and 'bf16' "
+                               f"(fp16 would need loss scaling)")
+
+
+def train_step(policy: HMAPolicy, batch: dict, opt, sched, generator: torch.Generator, grad_clip: float,
+               precision: str = "no") -> dict:
+    """One optimizer step on one embodiment's batch; returns the loss terms. ``precision`` "bf16": the forward pass
+    under bf16 autocast on the parameters' device (weights, gradients and optimizer state stay float32)."""
+    check_precision(precision)
+    device = next(policy.parameters()).device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = policy.compute_loss(batch, generator=generator)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     if grad_clip > 0:
