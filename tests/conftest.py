@@ -42,3 +42,14 @@ def load_reference_keys(name: str) -> dict[str, list[int]]:
 def reference_keys():
     """A loader: ``reference_keys("uva_pusht_keys.json")`` -> {name: shape}."""
     return load_reference_keys
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (tiny models run faster so on a shared 2-core machine), restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

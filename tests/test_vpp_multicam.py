@@ -18,12 +18,7 @@ INSTRUCTIONS = ("go right", "go left")
 CAMS = ["--dataset.image-keys", "img", "wrist_image"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

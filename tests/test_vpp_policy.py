@@ -14,12 +14,7 @@ from videoaction.models.vpp.action_head import ActionHead
 from videoaction.models.vpp.config import ActionHeadConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tvp(num_frames: int = 4):

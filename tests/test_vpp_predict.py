@@ -11,12 +11,7 @@ import torch
 from tests.test_vpp_tvp import make_lang_store, tiny_video_cfg
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_predict_writes_a_video_and_metrics(tmp_path, capsys):

@@ -14,12 +14,7 @@ from videoaction.data.store import EpisodeStore
 INSTRUCTIONS = ("go right", "go left")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_lang_store(path, n_episodes: int = 6, length: int = 24, size: int = 32, seed: int = 0):
