@@ -182,12 +182,21 @@ def test_configs_validate_and_presets_build():
         bad.validate()
 
 
-def test_held_out_split_keeps_the_first_episodes_out_of_training(tmp_path):
+def test_held_out_split_is_the_projects_episode_split(tmp_path):
+    from videoaction.data.sampler import split_episodes
+
     data = make_world(tmp_path, "discrete")
     cfg = tiny_cfg("discrete")
     train_windows = MultiEmbodimentSampler(data, cfg, split="train", val_ratio=0.34)
     val_windows = MultiEmbodimentSampler(data, cfg, split="val", val_ratio=0.34)
+    other_seed = MultiEmbodimentSampler(data, cfg, split="val", val_ratio=0.34, split_seed=cfg.dataset.split_seed + 1)
     for name, ds in data.items():
         seg = np.asarray(ds.segment_ids)
-        assert set(seg[val_windows.starts[name]].tolist()) == {0, 1}  # first 2 of 6 episodes
-        assert seg[train_windows.starts[name]].min() == 2
+        _, val = split_episodes(6, 0.34, cfg.dataset.split_seed)  # the episodes UVA holds out of a 6-episode store
+        held = set(np.nonzero(val)[0].tolist())
+        assert len(held) == 2
+        assert set(seg[val_windows.starts[name]].tolist()) == held
+        assert not held & set(seg[train_windows.starts[name]].tolist())
+        assert len(val_windows.starts[name]) + len(train_windows.starts[name]) == len(ds.window_starts(
+            cfg.model.window, cfg.model.domain(name).stride, overlap=True))
+        assert set(seg[other_seed.starts[name]].tolist()) != held or held == {0, 1}

@@ -4,8 +4,9 @@ HMA reads token datasets (``videoaction encode --format hma``), not episode stor
 its :meth:`~videoaction.models.base.Policy.train_entry`; the CLI dispatches here through that declaration.
 
 ``--data`` names the datasets: ``DIR`` (the embodiment is the dataset's own name), or ``NAME=DIR`` pairs separated
-by commas; embodiments whose ``model.domains[i].data`` is set are added. The first ``dataset.val_ratio`` of every
-dataset's episodes are held out (the windows :mod:`videoaction.models.hma.video_eval` evaluates on).
+by commas; embodiments whose ``model.domains[i].data`` is set are added. Every dataset's episodes are split as
+the episode-store families split a store (``dataset.val_ratio``, ``dataset.split_seed``): the held-out ones are
+the windows :mod:`videoaction.models.hma.video_eval` evaluates on.
 
 Layout (as the shared trainer's, :mod:`videoaction.train.checkpoint`): ``OUT/config.json``, ``OUT/metrics.jsonl``,
 ``OUT/checkpoints/step_XXXXXXX/`` (``config.json`` with ``"family": "hma"``, ``model.safetensors``, optimizer

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from videoaction.data.hma_tokens import TokenDataset
+from videoaction.data.sampler import split_episodes
 from videoaction.errors import VideoActionError
 
 from .config import HMARunConfig
@@ -30,9 +31,10 @@ class MultiEmbodimentSampler:
     """Windows of every embodiment's dataset and the temperature-mixed choice between them."""
 
     def __init__(self, datasets: dict[str, TokenDataset], cfg: HMARunConfig, seed: int = 0, overlap: bool = True,
-                 split: str = "all", val_ratio: float = 0.0):
-        """``split``: "all" windows, or "train" / "val" where val = windows of the first ``val_ratio`` of the
-        episodes (at least one; the reference's split takes the first 5 %)."""
+                 split: str = "all", val_ratio: float = 0.0, split_seed: int | None = None):
+        """``split``: "all" windows, or "train" / "val": the windows of the episodes the project's
+        :func:`~videoaction.data.sampler.split_episodes` holds out (``val_ratio``, ``split_seed``, default
+        ``cfg.dataset.split_seed``), so HMA and the episode-store families hold out the same episodes of a store."""
         if split not in ("all", "train", "val"):
             raise VideoActionError(f"split must be all, train or val, found {split!r}")
         m = cfg.model
@@ -47,13 +49,15 @@ class MultiEmbodimentSampler:
             starts = ds.window_starts(m.window, dom.stride, overlap=overlap)
             if split != "all":
                 seg = np.asarray(ds.segment_ids)
-                n_val = max(1, int(round((int(seg.max()) + 1) * val_ratio)))
-                is_val = seg[starts] < n_val
+                seed = cfg.dataset.split_seed if split_seed is None else split_seed
+                _, val = split_episodes(int(seg.max()) + 1, val_ratio, seed)
+                is_val = val[seg[starts]]
                 starts = starts[is_val] if split == "val" else starts[~is_val]
             self.starts[name] = starts
             if len(self.starts[name]) == 0:
+                where = "one episode" if split == "all" else f"one of the {split} episodes (val_ratio {val_ratio})"
                 raise VideoActionError(f"{ds.root}: no window of {m.window} frames at stride {dom.stride} fits in "
-                                       f"one episode")
+                                       f"{where}")
         n = np.array([len(self.starts[k]) for k in datasets], np.float64)
         p = (n / n.sum()) ** (1.0 / cfg.mix_temperature)
         self.names, self.probs = list(datasets), p / p.sum()
@@ -116,7 +120,7 @@ def train(cfg: HMARunConfig, datasets: dict[str, TokenDataset], out=None, log=pr
     """Train for ``cfg.steps`` (or until ``time_limit_s``); returns the model and the logged curve.
 
     With ``out`` the model is saved there (``save_pretrained``) with ``metrics.jsonl`` (every ``log_every``).
-    ``val_ratio`` > 0 keeps the windows of the first episodes of every dataset out of training."""
+    ``val_ratio`` > 0 keeps the windows of the held-out episodes of every dataset (the project's split) out of training."""
     torch.manual_seed(cfg.seed)
     policy = policy or HMAPolicy(cfg)
     fit_statistics(policy, datasets)

@@ -2,8 +2,8 @@
 
 HMA declares :func:`evaluate_hma_video` as its :meth:`~videoaction.models.base.Policy.video_eval_entry`. ``--data``
 takes the token datasets as training does (``DIR`` or ``NAME=DIR,...``). Per embodiment, ``n_windows`` windows,
-evenly spaced over the windows of the first ``dataset.val_ratio`` of the episodes (held out by
-``videoaction train``), are generated autoregressively from ``model.num_prompt_frames`` prompt frames. Metrics
+evenly spaced over the windows of the held-out episodes (the project's split, ``dataset.val_ratio`` and
+``dataset.split_seed``, as ``videoaction train`` used), are generated autoregressively from ``model.num_prompt_frames`` prompt frames. Metrics
 (evaluate.py): PSNR / SSIM next to copy-last-frame, Delta-PSNR (true minus random actions), token accuracy for
 the discrete variant, and seconds per generated frame next to the time copy-last-frame takes.
 """
@@ -100,7 +100,7 @@ def evaluate_hma_video(policy, data, out_dir=None, n_windows: int = 16, seed: in
         for name, r in per.items():
             table += _table(r, name)
     notes = [f"{total} windows of {m.window} frames ({n_prompt} prompt frames, {m.window - n_prompt} generated "
-             f"autoregressively) from the first {policy.cfg.dataset.val_ratio:g} of the episodes of "
+             f"autoregressively) from the held-out {policy.cfg.dataset.val_ratio:g} of the episodes of "
              f"{', '.join(per)}; decode steps {steps or m.decode_steps}; Delta-PSNR over {TRIALS} random-action "
              f"trials; PSNR is against the tokenizer's reconstruction of the ground truth, capped at 100 dB per frame.",
              "Metrics are window-weighted means over the embodiments; per-embodiment rows follow when there are "
