@@ -38,6 +38,29 @@ class TokenizerTrainResult:
     n_val: int
 
 
+def store_paths(store_path) -> list[str]:
+    """One store, several (a list), or a comma-separated string of them -> a list of paths."""
+    if isinstance(store_path, (list, tuple)):
+        return [str(p) for p in store_path]
+    return [p.strip() for p in str(store_path).split(",") if p.strip()]
+
+
+def load_frames_many(store_path, image_key: str = "img", image_size: int = 64, max_frames: int = 20000,
+                     val_fraction: float = 0.05, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """:func:`load_frames` of every store in ``store_path`` (``max_frames`` shared equally), concatenated; also the
+    number of held-out frames of each store (in order), so metrics can be reported per store."""
+    paths = store_paths(store_path)
+    if not paths:
+        raise VideoActionError("no episode store given")
+    train, val, n_val = [], [], []
+    for p in paths:
+        t, v = load_frames(p, image_key, image_size, max(1, max_frames // len(paths)), val_fraction, seed)
+        train.append(t)
+        val.append(v)
+        n_val.append(len(v))
+    return torch.cat(train), torch.cat(val), n_val
+
+
 def load_frames(store_path, image_key: str = "img", image_size: int = 64, max_frames: int = 20000,
                 val_fraction: float = 0.05, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames of a store as uint8 (N, 3, S, S) tensors (centre square crop + antialiased bilinear resize, the
@@ -114,7 +137,8 @@ def train_tokenizer(store_path, out_dir, cfg: TokenizerConfig | None = None, ste
                     kl_weight: float = 1e-5, l1_weight: float = 0.0, max_frames: int = 20000,
                     val_fraction: float = 0.05, progress: bool = True,
                     log: Callable[[str], None] | None = print, result: list | None = None) -> Path:
-    """Train the small autoencoder on ``store_path``'s ``image_key`` frames; save into ``out_dir``; return it.
+    """Train the small autoencoder on the ``image_key`` frames of ``store_path`` (one store, or several: a list or
+    comma-separated paths, one tokenizer for all their frames); save into ``out_dir``; return it.
 
     ``cfg`` gives latent_channels / stride / channels / kl (kind must be "small"). ``result``, if a list, receives
     a ``TokenizerTrainResult`` (PSNR, scale, timing).
@@ -126,7 +150,7 @@ def train_tokenizer(store_path, out_dir, cfg: TokenizerConfig | None = None, ste
         raise VideoActionError(f"image size {image_size} is not a multiple of the tokenizer stride {cfg.stride}")
     t0 = time.time()
     torch.manual_seed(seed)
-    train, val = load_frames(store_path, image_key, image_size, max_frames, val_fraction, seed)
+    train, val, _ = load_frames_many(store_path, image_key, image_size, max_frames, val_fraction, seed)
     if len(val) == 0:
         val = train[-max(1, len(train) // 20):]
     model = SmallAutoencoder.from_config(replace(cfg, scale=1.0)).to(memory_format=torch.channels_last)
@@ -164,7 +188,7 @@ def train_tokenizer(store_path, out_dir, cfg: TokenizerConfig | None = None, ste
     elapsed = time.time() - t0
     out = save_tokenizer(model.to(memory_format=torch.contiguous_format), out_dir, extra={
         "psnr_val": psnr, "psnr_init": psnr0, "mse_val": mse, "train_steps": steps, "batch_size": batch_size,
-        "image_size": image_size, "image_key": image_key, "store": str(store_path), "seed": seed,
+        "image_size": image_size, "image_key": image_key, "store": ",".join(store_paths(store_path)), "seed": seed,
         "kl_weight": kl_weight if cfg.kl else 0.0, "l1_weight": l1_weight, "n_train_frames": len(train),
         "n_val_frames": len(val), "train_time_s": round(elapsed, 1)})
     if log:

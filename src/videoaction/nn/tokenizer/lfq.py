@@ -53,9 +53,14 @@ class LFQConfig:
         return 2 ** self.z_channels
 
 
-def tiny_lfq_config(z_channels: int = 10) -> LFQConfig:
-    """CPU-sized: stride 8, widths 32/32/64/64, 1 res block per level, 8 GroupNorm groups."""
-    return LFQConfig(z_channels=z_channels, base_channels=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, groups=8)
+def tiny_lfq_config(z_channels: int = 10, stride: int = 8, base_channels: int = 32) -> LFQConfig:
+    """CPU-sized: 1 res block per level, 8 GroupNorm groups, widths ``base_channels`` x (1, 1, 2, 2, 4, ...) for as
+    many levels as ``stride`` needs (stride 8: 32/32/64/64)."""
+    levels = int(stride).bit_length()
+    if stride < 2 or 2 ** (levels - 1) != stride:
+        raise TokenizerError(f"lfq tokenizer: stride must be a power of two >= 2, got {stride}")
+    mult = (1, 1, 2, 2, 4, 4, 8)[:levels]
+    return LFQConfig(z_channels=z_channels, base_channels=base_channels, ch_mult=mult, num_res_blocks=1, groups=8)
 
 
 def _swish(x: torch.Tensor) -> torch.Tensor:
@@ -215,9 +220,11 @@ class LFQTokenizer(nn.Module):
 
 
 def fit_lfq(model: LFQTokenizer, frames: torch.Tensor, steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
-            commit_weight: float = 0.0, entropy_weight: float = 0.5, seed: int = 0, log=None) -> list[float]:
-    """Train on frames (N, 3, H, W) in [-1, 1] with L1 + MSE reconstruction, commitment and entropy terms
-    (no GAN / LPIPS: the CPU-sized variant). Returns the per-step reconstruction MSE.
+            commit_weight: float = 0.0, entropy_weight: float = 0.5, seed: int = 0, log=None,
+            progress: bool = False) -> list[float]:
+    """Train on frames (N, 3, H, W), float in [-1, 1] or uint8 (converted batch by batch), with L1 + MSE
+    reconstruction, commitment and entropy terms (no GAN / LPIPS: the CPU-sized variant). Returns the per-step
+    reconstruction MSE.
 
     Defaults for short CPU fits (measured on 64 moving-box frames, 60 steps): the reference's commitment 0.25
     with entropy 0.05 freezes every code's sign in the first steps (ids constant per position, the decoder learns
@@ -226,9 +233,13 @@ def fit_lfq(model: LFQTokenizer, frames: torch.Tensor, steps: int = 300, batch_s
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     model.train()
     curve = []
-    for step in range(steps):
+    from tqdm.auto import tqdm
+
+    for step in tqdm(range(steps), desc="lfq tokenizer", disable=not progress, dynamic_ncols=True):
         idx = torch.randint(0, len(frames), (min(batch_size, len(frames)),), generator=g)
         x = frames[idx]
+        if x.dtype == torch.uint8:
+            x = x.float() / 127.5 - 1.0
         recon, terms = model(x)
         mse = F.mse_loss(recon, x)
         loss = mse + F.l1_loss(recon, x) + commit_weight * terms["commit"] + entropy_weight * terms["entropy"]
