@@ -36,8 +36,10 @@ def train_with_curve(cfg, minutes: float, points: int, opts=None, log: Callable[
     latest checkpoint. Each point: ``{"index", "minutes" (training clock so far: the trainer stops a segment at the
     first step past its share), "wall_s" (measured, setup and stage 0 included), "step", "checkpoint"}``.
     """
+    from videoaction.models.base import family_class
     from videoaction.train.trainer import TrainOptions, train
 
+    train = family_class(cfg.family).train_entry() or train  # a family with its own loop (HMA) declares it
     if points < 1 or minutes <= 0:
         raise VideoActionError(f"train_with_curve: need points >= 1 and minutes > 0, got {points}, {minutes}")
     run_dir = Path(cfg.out)

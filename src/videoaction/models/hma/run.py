@@ -55,6 +55,37 @@ def resolve_datasets(cfg: HMARunConfig, data: str | None = None) -> dict:
     return out
 
 
+def fit_token_layout(cfg: HMARunConfig, datasets: dict, log=None) -> None:
+    """Fill ``model.grid`` and ``model.vocab_size`` / ``model.latent_channels`` from the token datasets (as the
+    shared trainer fills action / image sizes from a store). Datasets that disagree, or tokens of the other variant
+    (ids for a continuous model, latents for a discrete one), are an error."""
+    m = cfg.model
+    layouts = {name: ds.layout for name, ds in datasets.items()}
+    kinds = {lay.frame_shape[:-2] + (lay.vocab_size,) + lay.frame_shape[-2:] for lay in layouts.values()}
+    if len(kinds) > 1:
+        raise VideoActionError("hma: the token datasets do not share one tokenizer layout: " + ", ".join(
+            f"{n} {lay.frame_shape} vocab {lay.vocab_size}" for n, lay in layouts.items()))
+    name, lay = next(iter(layouts.items()))
+    want = "discrete" if lay.quantized else "continuous"
+    if m.variant != want:
+        raise VideoActionError(f"{datasets[name].root}: holds {'token ids' if lay.quantized else 'latents'}, the "
+                               f"model is {m.variant}; use a hma-*-{want[:4]} preset or re-encode the data")
+    h, w = lay.frame_shape[-2:]
+    if h != w:
+        raise VideoActionError(f"{datasets[name].root}: token grid {h}x{w} is not square")
+    new = {"grid": int(h)}
+    if lay.quantized:
+        new["vocab_size"] = int(lay.vocab_size)
+    else:
+        new["latent_channels"] = int(lay.frame_shape[0])
+    changed = {k: v for k, v in new.items() if getattr(m, k) != v}
+    for k, v in changed.items():
+        setattr(m, k, v)
+    m.validate()
+    if changed and log:
+        log("hma: from the token datasets: " + ", ".join(f"model.{k}={v}" for k, v in changed.items()))
+
+
 def run_device(name: str) -> torch.device:
     """``RunConfig.device``: "auto" (CUDA when there is one), "cpu" or "cuda[:N]"."""
     if name == "auto":
@@ -90,6 +121,7 @@ def train_run(cfg: HMARunConfig, opts=None):
         raise VideoActionError(f"{run_dir} already holds a run (checkpoints/latest -> {latest.name}); pass --resume "
                                f"to continue it, or choose another --out")
     datasets = resolve_datasets(cfg)
+    fit_token_layout(cfg, datasets, log)
     torch.manual_seed(cfg.seed)
     policy = HMAPolicy(cfg)
     fit_statistics(policy, datasets)
