@@ -59,32 +59,18 @@ def _to_model_frames(frames: np.ndarray, dataset_cfg) -> np.ndarray:
     return to_uint8_frames(preprocess_frames(frames, dataset_cfg))
 
 
-def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = None, n_windows: int = 16,
-                   batch_size: int = 8, n_grids: int = 4, num_iter: int = 1, cfg: float = 1.0,
-                   temperature: float = 0.95, seed: int = 0, lpips_path=None, i3d_path=None,
-                   progress: bool = True) -> dict:
-    """Video metrics of ``policy`` (needs ``predict_video``; ``inverse_dynamics`` optional) on held-out windows of
-    the store ``data``. Writes grids (PNG) and ``video_results.json`` under ``out_dir`` when given."""
-    from tqdm.auto import tqdm
-
+def prepare_clips(policy, store, wins: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """What a video-action policy is given and scored against on windows ``wins`` ((episode, start) pairs) of
+    ``store``: ``obs`` (the policy's observation arrays, raw), ``language``, ``true_actions`` (N, n_actions, A),
+    ``img`` (raw window frames), ``hist`` / ``real`` (history / future frames at the model resolution, uint8
+    (N, T, S, S, 3)), ``pos`` (their window positions) and ``perm`` (the window whose actions are the shuffled ones)."""
     from videoaction.data.sampler import frame_positions
-    from videoaction.data.store import EpisodeStore
-    from videoaction.eval.video import prediction_strip, save_png, upscale
-    from videoaction.utils.io import atomic_write_json
 
-    if not hasattr(policy, "predict_video"):
-        raise VideoActionError(f"{type(policy).__name__} has no video prediction (predict_video); --video needs a "
-                               "video-action model such as UVA")
-    t0 = time.perf_counter()
     ds = policy.cfg.dataset
-    store = EpisodeStore.open(data)
     for key in [ds.image_key, ds.action_key] + ([ds.state_key] if ds.state_key else []):
         if key not in store.keys:
-            raise VideoActionError(f"{data}: the model's dataset config needs key {key!r}; the store has {store.keys}")
-    eps = list(episodes) if episodes is not None else held_out_episodes(store.n_episodes, ds)
-    if not eps:
-        raise VideoActionError(f"{data}: no held-out episodes (store has {store.n_episodes}, dataset.val_ratio "
-                               f"{ds.val_ratio}); pass explicit episodes")
+            raise VideoActionError(f"{store.path}: the model's dataset config needs key {key!r}; the store has "
+                                   f"{store.keys}")
     horizon = ds.horizon
     pos = frame_positions(ds.frames, horizon)
     nh = ds.frames.n_history
@@ -94,7 +80,6 @@ def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = 
     if a_start + n_actions > horizon:
         raise VideoActionError(f"actions {a_start}..{a_start + n_actions} do not fit the window of {horizon}")
     spec = policy.observation_spec()
-    wins = _windows(store.episode_lengths, eps, horizon, n_windows)
     keys = [ds.image_key, ds.action_key] + ([ds.state_key] if ds.state_key else [])
     cache: dict[int, dict] = {}
 
@@ -117,9 +102,7 @@ def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = 
     if img.dtype != np.uint8:
         img = np.clip(img if img.max() > 1.5 else img * 255, 0, 255).round().astype(np.uint8)
     acts = np.stack([w["action"] for w in W])  # (N, horizon, A)
-    true_a = acts[:, a_start:a_start + n_actions]
     n = len(W)
-    perm = np.roll(np.arange(n), max(1, n // 2)) if n > 1 else np.arange(n)
     obs_all: dict[str, np.ndarray] = {"image": img[:, :t_obs]}
     if "state" in spec:
         obs_all["state"] = np.stack([w["state"] for w in W])[:, :t_obs, : spec["state"].shape[-1]]
@@ -129,24 +112,65 @@ def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = 
     if ds.language_key:
         col = store.meta_column(ds.language_key)
         language = [str(col[e]) for e, _ in wins]
-    real = _to_model_frames(img[:, pos[nh:]], ds)  # (N, Tf, S, S, 3)
-    hist = _to_model_frames(img[:, pos[:nh]], ds)  # (N, Th, S, S, 3)
-    copy_last = np.repeat(hist[:, -1:], real.shape[1], axis=1)
-    gen = torch.Generator(device=policy.device).manual_seed(int(seed))
-    pred, pred_shuf = [], []
-    bar = tqdm(total=2 * n, desc="video prediction", unit="clip", disable=not progress, leave=False)
+    return {"obs": obs_all, "language": language, "true_actions": acts[:, a_start:a_start + n_actions], "img": img,
+            "pos": pos, "real": _to_model_frames(img[:, pos[nh:]], ds), "hist": _to_model_frames(img[:, pos[:nh]], ds),
+            "perm": np.roll(np.arange(n), max(1, n // 2)) if n > 1 else np.arange(n)}
+
+
+def predict_clips(policy, clips: dict, actions: np.ndarray, batch_size: int = 8, num_iter: int = 1,
+                  cfg: float = 1.0, temperature: float = 0.95, generator: torch.Generator | None = None,
+                  bar=None) -> np.ndarray:
+    """``policy.predict_video`` of :func:`prepare_clips`' observations with raw ``actions`` (N, n_actions, A) ->
+    uint8 frames (N, Tf, S, S, 3)."""
+    out_frames = []
+    n = actions.shape[0]
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)
-        obs = {k: torch.from_numpy(np.ascontiguousarray(v[sl])) for k, v in obs_all.items()}
-        if language is not None:
-            obs["language"] = language[sl]
-        for a, sink in ((true_a[sl], pred), (true_a[perm][sl], pred_shuf)):
-            out = policy.predict_video(obs, actions=torch.from_numpy(np.ascontiguousarray(a)), num_iter=num_iter,
-                                       cfg=cfg, temperature=temperature, generator=gen)
-            sink.append(np.asarray(out["frames"].cpu() if isinstance(out["frames"], torch.Tensor) else out["frames"]))
-            bar.update(a.shape[0])
+        obs = {k: torch.from_numpy(np.ascontiguousarray(v[sl])) for k, v in clips["obs"].items()}
+        if clips["language"] is not None:
+            obs["language"] = clips["language"][sl]
+        out = policy.predict_video(obs, actions=torch.from_numpy(np.ascontiguousarray(actions[sl])),
+                                   num_iter=num_iter, cfg=cfg, temperature=temperature, generator=generator)
+        f = out["frames"]
+        out_frames.append(np.asarray(f.cpu() if isinstance(f, torch.Tensor) else f))
+        if bar is not None:
+            bar.update(actions[sl].shape[0])
+    return np.concatenate(out_frames)
+
+
+def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = None, n_windows: int = 16,
+                   batch_size: int = 8, n_grids: int = 4, num_iter: int = 1, cfg: float = 1.0,
+                   temperature: float = 0.95, seed: int = 0, lpips_path=None, i3d_path=None,
+                   progress: bool = True) -> dict:
+    """Video metrics of ``policy`` (needs ``predict_video``; ``inverse_dynamics`` optional) on held-out windows of
+    the store ``data``. Writes grids (PNG) and ``video_results.json`` under ``out_dir`` when given."""
+    from tqdm.auto import tqdm
+
+    from videoaction.data.store import EpisodeStore
+    from videoaction.eval.video import prediction_strip, save_png, upscale
+    from videoaction.utils.io import atomic_write_json
+
+    if not hasattr(policy, "predict_video"):
+        raise VideoActionError(f"{type(policy).__name__} has no video prediction (predict_video); --video needs a "
+                               "video-action model such as UVA")
+    t0 = time.perf_counter()
+    ds = policy.cfg.dataset
+    store = EpisodeStore.open(data)
+    eps = list(episodes) if episodes is not None else held_out_episodes(store.n_episodes, ds)
+    if not eps:
+        raise VideoActionError(f"{data}: no held-out episodes (store has {store.n_episodes}, dataset.val_ratio "
+                               f"{ds.val_ratio}); pass explicit episodes")
+    wins = _windows(store.episode_lengths, eps, ds.horizon, n_windows)
+    c = prepare_clips(policy, store, wins)
+    horizon, pos, nh, n = ds.horizon, c["pos"], ds.frames.n_history, len(wins)
+    img, true_a, obs_all, language = c["img"], c["true_actions"], c["obs"], c["language"]
+    real, hist, perm = c["real"], c["hist"], c["perm"]
+    copy_last = np.repeat(hist[:, -1:], real.shape[1], axis=1)
+    gen = torch.Generator(device=policy.device).manual_seed(int(seed))
+    bar = tqdm(total=2 * n, desc="video prediction", unit="clip", disable=not progress, leave=False)
+    kw = dict(batch_size=batch_size, num_iter=num_iter, cfg=cfg, temperature=temperature, generator=gen, bar=bar)
+    pred, pred_shuf = predict_clips(policy, c, true_a, **kw), predict_clips(policy, c, true_a[perm], **kw)
     bar.close()
-    pred, pred_shuf = np.concatenate(pred), np.concatenate(pred_shuf)
     if pred.shape != real.shape:
         raise VideoActionError(f"predict_video returned frames {pred.shape}, real future frames are {real.shape}")
     m: dict[str, Any] = {
