@@ -116,6 +116,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--targets-models", nargs="+", metavar="ENV=PRESET[,PRESET...]", default=[],
                         help="--targets: the presets trained for an environment instead of its default ones, e.g. "
                              "metaworld=uva-tiny-metaworld,uva-tiny-fast-metaworld")
+    parser.add_argument("--world-models", action="store_true",
+                        help="HMA-tiny (discrete, continuous) vs UVA-tiny vs copy-last-frame as video world models on "
+                             "held-out clips of PushT, PushT-M and Metaworld, one protocol, the same CPU budget per "
+                             "family (writes OUT without .json / world_models.{json,md})")
+    parser.add_argument("--world-models-minutes", type=float, default=24.0,
+                        help="--world-models: training budget per family (UVA: split over its per-embodiment models)")
     parser.add_argument("--threads", type=int, help="torch threads (e.g. 1 to run two benchmarks side by side)")
     parser.add_argument("--gpu", action="store_true",
                         help="paper-size UVA and DP-C on the GPU in one run of <= 8 min (benchmarks/gpu.sh): latency "
@@ -129,6 +135,17 @@ def main(argv: list[str]) -> int:
 
         return gpu_main(["--out", args.out] + (["--budget-s", str(args.gpu_budget_s)] if args.gpu_budget_s else []))
 
+    if args.world_models:  # a long experiment of its own
+        from videoaction.benchmarks.world_models import QUICK as WM_QUICK
+        from videoaction.benchmarks.world_models import WorldModelSizes, print_world_models, run_world_models
+
+        base = WM_QUICK if args.quick else WorldModelSizes(minutes=args.world_models_minutes)
+        summary = run_world_models(Path(args.out).with_suffix(""),
+                                   dataclasses.replace(base, threads=args.threads or base.threads))
+        summary["machine"] = machine_info()
+        atomic_write_json(Path(args.out), summary)
+        print_world_models(summary)
+        return 0
     if args.targets:  # a long experiment of its own: nothing else runs beside it
         from videoaction.benchmarks.targets import (QUICK, TargetSizes, print_targets, run_targets,
                                                     targets_models)

@@ -1,0 +1,303 @@
+"""`videoaction bench --world-models`: HMA-tiny (discrete, continuous) vs UVA-tiny vs copy-last-frame as video
+world models on held-out episodes of three scripted embodiments (PushT, PushT-M, Metaworld), one protocol for all.
+
+Stages (each resumable: a re-run with the same ``--out`` skips what is finished):
+
+1. demonstrations of every embodiment (the scripted experts);
+2. tokenizers, not part of any model's budget: one LFQ tokenizer (HMA's discrete ids) and one small autoencoder
+   (HMA's continuous latents) fitted on the frames of all embodiments at ``image_size``, as HMA shares one
+   tokenizer across embodiments; UVA-tiny's autoencoder (the same architecture) fitted on each embodiment's own
+   frames, as UVA is trained (``uva_tokenizers="shared"``: the shared one). Each model's tokenizer ceiling is
+   reported beside its scores;
+3. token datasets (``encode --format hma``, ids and latents) and UVA's latent caches;
+4. training side by side, the same CPU budget per family: HMA-disc and HMA-cont are one model each for all
+   embodiments (``minutes``); UVA-tiny has no embodiment conditioning, so it is one model per embodiment
+   (``minutes / n_embodiments`` each). HMA uses UVA's frame timing: frame stride 4, 4 prompt + 4 predicted frames;
+5. :mod:`videoaction.eval.world_model_compare` on the same held-out clips (the project's episode split, so no model
+   trained on them): PSNR / SSIM against the real frames at one resolution, ΔPSNR, seconds per frame and each
+   tokenizer's ceiling.
+
+``OUT/world_models.json`` holds everything; ``OUT/world_models.md`` the table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from videoaction.benchmarks.targets import METAWORLD_EASY, _demos_job, _latents_job, _pool, _threads
+from videoaction.errors import VideoActionError
+from videoaction.utils.io import atomic_write_json
+
+UVA_PRESET = "uva-tiny"
+
+
+@dataclass
+class WorldModelSizes:
+    minutes: float = 24.0  # training wall-clock per family (UVA: split equally over its per-embodiment models)
+    embodiments: tuple[str, ...] = ("pusht", "pusht-m", "metaworld")
+    episodes: tuple[int, ...] = (100, 40, 30)  # demonstrations per embodiment (Metaworld: per task)
+    metaworld_tasks: tuple[str, ...] = METAWORLD_EASY
+    image_size: int = 64
+    lfq_steps: int = 1500
+    ae_steps: int = 800
+    # UVA-tiny's autoencoder: "per-embodiment" (its own on each store, as UVA is trained) or "shared" (HMA-cont's)
+    uva_tokenizers: str = "per-embodiment"
+    val_ratio: float = 0.1  # held-out share of every store's episodes (every model holds out the same ones)
+    eval_windows: int = 16  # clips per embodiment
+    batch_size: int = 16
+    threads: int | None = 1  # torch threads per process
+    workers: int = 2  # processes side by side
+    seed: int = 0
+    smoke: bool = False  # shrink the networks (tests)
+
+
+QUICK = WorldModelSizes(minutes=0.3, episodes=(4, 4, 2), metaworld_tasks=("drawer-open",), lfq_steps=4, ae_steps=4,
+                        val_ratio=0.34, eval_windows=3, batch_size=4, smoke=True)
+
+
+# ----------------------------------------------------------------------------------------------- workers
+def _lfq_job(stores: list[str], out: str, sizes: WorldModelSizes) -> dict:
+    from videoaction.nn.tokenizer.lfq import tiny_lfq_config
+    from videoaction.train.lfq_tokenizer import train_lfq
+
+    _threads(sizes.threads)
+    cfg_path = Path(out) / "lfq.json"
+    if cfg_path.is_file() and "report" in json.loads(cfg_path.read_text()):
+        return {"path": out, "reused": True, **json.loads(cfg_path.read_text())["report"]}
+    report = train_lfq(stores, out, tiny_lfq_config(base_channels=8 if sizes.smoke else 32), steps=sizes.lfq_steps,
+                       batch_size=sizes.batch_size, image_size=sizes.image_size, seed=sizes.seed, progress=False,
+                       log=None)
+    return {"path": out, **report}
+
+
+def _ae_job(stores: list[str], out: str, sizes: WorldModelSizes) -> dict:
+    from videoaction.config import get_preset
+    from videoaction.train.tokenizer import train_tokenizer
+
+    _threads(sizes.threads)
+    cfg_path = Path(out) / "tokenizer.json"
+    if cfg_path.is_file():
+        info = json.loads(cfg_path.read_text())
+        return {"path": out, "reused": True, "psnr_val": info.get("psnr_val")}
+    res: list = []
+    train_tokenizer(stores, out, get_preset(UVA_PRESET).model.tokenizer, steps=sizes.ae_steps,
+                    batch_size=sizes.batch_size, image_size=sizes.image_size, seed=sizes.seed, progress=False,
+                    log=None, result=res)
+    return {"path": out, "psnr_val": res[0].psnr_val}
+
+
+def _tokens_job(store: str, out: str, tokenizer: str, name: str, sizes: WorldModelSizes) -> dict:
+    from videoaction.data.hma_tokens import encode_store, is_complete
+
+    _threads(sizes.threads)
+    if not is_complete(out):
+        encode_store(store, out, tokenizer, image_size=sizes.image_size, crop_ratio=1.0, name=name, progress=False,
+                     log=lambda m: None)
+    return {"path": out}
+
+
+def _train_job(cfg, minutes: float, threads) -> dict:
+    from videoaction.eval.curves import train_with_curve
+    from videoaction.train.trainer import TrainOptions
+
+    _threads(threads)
+    log_path = Path(cfg.out) / "train.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        with open(log_path, "a") as f:
+            f.write(msg + "\n")
+
+    point = train_with_curve(cfg, minutes, 1, TrainOptions(progress=False, log=log), log=log)[-1]
+    return {"checkpoint": point["checkpoint"], "step": point["step"], "minutes": minutes}
+
+
+def _eval_job(family: str, checkpoint: str, stores: dict, tokens: dict | None, tokenizer: str, sizes) -> dict:
+    """Scores of one trained model on every embodiment it knows (HMA: all; UVA: ``stores`` holds its one)."""
+    from videoaction.data.hma_tokens import TokenDataset
+    from videoaction.data.store import EpisodeStore
+    from videoaction.eval import world_model_compare as W
+    from videoaction.eval.video_eval import held_out_episodes
+    from videoaction.generate import build_decoder
+    from videoaction.models.base import load_policy
+
+    _threads(sizes.threads)
+    proto = W.ClipProtocol(image_size=sizes.image_size)
+    policy = load_policy(checkpoint)
+    out = {}
+    for name, path in stores.items():
+        store = EpisodeStore.open(path)
+        wins = W.clip_windows(store, held_out_episodes(store.n_episodes, policy.cfg.dataset), proto,
+                              sizes.eval_windows)
+        real = W.ground_truth(store, wins, proto)
+        if family == "uva":
+            res = W.uva_clips(policy, store, wins, proto, real, seed=sizes.seed)
+        else:
+            decode = build_decoder(tokenizer, family == "hma-disc", policy.mcfg.latent_scale)
+            res = W.hma_clips(policy, TokenDataset(tokens[name], name=name), name, wins, proto, real, decode,
+                              seed=sizes.seed)
+        res.pop("frames")
+        out[name] = {**res, "ceiling_psnr": W.tokenizer_ceiling(tokenizer, real, proto),
+                     "copy_last": W.copy_last(real, proto), "windows": [list(w) for w in wins]}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- configs
+def hma_config(variant: str, tokens: dict, action_dims: dict, out: str, sizes: WorldModelSizes):
+    from videoaction.config import get_preset
+    from videoaction.models.hma.config import DomainConfig
+
+    cfg = get_preset(f"hma-tiny-{variant[:4]}")
+    m = cfg.model
+    m.domains = tuple(DomainConfig(n, action_dims[n], 4) for n in tokens)  # UVA's frame stride
+    m.window, m.num_prompt_frames = 8, 4
+    cfg.data = ",".join(f"{n}={p}" for n, p in tokens.items())
+    cfg.out, cfg.seed, cfg.log_every = out, sizes.seed, 50
+    cfg.optim.batch_size = sizes.batch_size
+    cfg.dataset.val_ratio = sizes.val_ratio
+    if sizes.smoke:
+        m.d_model, m.num_layers, m.num_heads = 32, 1, 2
+        m.diff_head = replace(m.diff_head, width=32, depth=1)
+    return cfg
+
+
+def uva_config(latents: str, tokenizer: str, out: str, sizes: WorldModelSizes):
+    from videoaction.benchmarks.targets import TargetSizes, run_config
+
+    cfg = run_config(UVA_PRESET, latents, out, TargetSizes(batch_size=sizes.batch_size, seed=sizes.seed,
+                                                           smoke=sizes.smoke), tokenizer)
+    cfg.dataset.val_ratio = sizes.val_ratio
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- stages
+def run_world_models(out: Path, sizes: WorldModelSizes | None = None, log=print) -> dict:
+    """Every stage; writes and returns ``OUT/world_models.json``'s content."""
+    from videoaction.data.store import EpisodeStore
+
+    sizes = sizes or WorldModelSizes()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(sizes.embodiments)
+    t: dict = {}
+    summary: dict = {"sizes": asdict(sizes), "stage_s": t}
+
+    t0 = time.perf_counter()
+    log(f"1/5 demonstrations: {', '.join(names)}")
+    with _pool(min(sizes.workers, len(names))) as pool:
+        futs = {n: pool.submit(_demos_job, n, str(out / "demos" / f"{n}.zarr"), k, sizes.seed,
+                               sizes.metaworld_tasks if n == "metaworld" else None, sizes.threads)
+                for n, k in zip(names, sizes.episodes)}
+        demos = {n: f.result() for n, f in futs.items()}
+    stores = {n: d["path"] for n, d in demos.items()}
+    action_dims = {n: int(EpisodeStore.open(p).spec("action")[0][0]) for n, p in stores.items()}
+    t["demos"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    log("2/5 tokenizers on the frames of every embodiment: LFQ (HMA-disc) and the small autoencoder (UVA, HMA-cont)")
+    if sizes.uva_tokenizers not in ("per-embodiment", "shared"):
+        raise VideoActionError(f"uva_tokenizers must be per-embodiment or shared, found {sizes.uva_tokenizers!r}")
+    own = sizes.uva_tokenizers == "per-embodiment"
+    with _pool(sizes.workers) as pool:
+        f_lfq = pool.submit(_lfq_job, list(stores.values()), str(out / "lfq"), sizes)
+        f_ae = pool.submit(_ae_job, list(stores.values()), str(out / "ae"), sizes)
+        f_own = {n: pool.submit(_ae_job, [stores[n]], str(out / f"ae-{n}"), sizes) for n in names if own}
+        lfq, ae = f_lfq.result(), f_ae.result()
+        uva_tok = {n: f_own[n].result() if own else ae for n in names}
+    summary["tokenizers"] = {"lfq": lfq, "ae": ae, **{f"ae-{n}": uva_tok[n] for n in names if own}}
+    t["tokenizers"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    log("3/5 token datasets (ids, latents) and UVA latent caches")
+    with _pool(sizes.workers) as pool:
+        futs = {(kind, n): pool.submit(_tokens_job, stores[n], str(out / "tokens" / kind / n), tok, n, sizes)
+                for kind, tok in (("disc", lfq["path"]), ("cont", ae["path"])) for n in names}
+        futs.update({("latents", n): pool.submit(_latents_job, UVA_PRESET, stores[n], uva_tok[n]["path"],
+                                                 str(out / "latents" / f"{n}.zarr"), sizes.threads) for n in names})
+        data = {k: f.result()["path"] for k, f in futs.items()}
+    t["encode"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    per_uva = sizes.minutes / len(names)
+    jobs = {"hma-disc": (hma_config("discrete", {n: data[("disc", n)] for n in names}, action_dims,
+                                    str(out / "runs" / "hma-disc"), sizes), sizes.minutes),
+            "hma-cont": (hma_config("continuous", {n: data[("cont", n)] for n in names}, action_dims,
+                                    str(out / "runs" / "hma-cont"), sizes), sizes.minutes)}
+    for n in names:
+        cfg = uva_config(data[("latents", n)], uva_tok[n]["path"], str(out / "runs" / f"uva-{n}"), sizes)
+        jobs[f"uva/{n}"] = (cfg, per_uva)
+    log(f"4/5 training, {sizes.workers} side by side: HMA-disc and HMA-cont {sizes.minutes:g} min each (all "
+        f"embodiments), UVA-tiny {per_uva:g} min per embodiment")
+    with _pool(sizes.workers) as pool:
+        futs = {k: pool.submit(_train_job, cfg, minutes, sizes.threads) for k, (cfg, minutes) in jobs.items()}
+        runs = {k: f.result() for k, f in futs.items()}
+    summary["runs"] = runs
+    t["training"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    log("5/5 the same held-out clips for every model")
+    with _pool(sizes.workers) as pool:
+        futs = {"hma-disc": pool.submit(_eval_job, "hma-disc", runs["hma-disc"]["checkpoint"], stores,
+                                        {n: data[("disc", n)] for n in names}, lfq["path"], sizes),
+                "hma-cont": pool.submit(_eval_job, "hma-cont", runs["hma-cont"]["checkpoint"], stores,
+                                        {n: data[("cont", n)] for n in names}, ae["path"], sizes)}
+        for n in names:
+            futs[f"uva/{n}"] = pool.submit(_eval_job, "uva", runs[f"uva/{n}"]["checkpoint"], {n: stores[n]}, None,
+                                           uva_tok[n]["path"], sizes)
+        scores = {k: f.result() for k, f in futs.items()}
+    t["evaluation"] = time.perf_counter() - t0
+    summary["scores"] = {n: {"copy-last-frame": scores["hma-disc"][n]["copy_last"],
+                             "uva-tiny": _strip(scores[f"uva/{n}"][n]),
+                             "hma-tiny-disc": _strip(scores["hma-disc"][n]),
+                             "hma-tiny-cont": _strip(scores["hma-cont"][n])} for n in names}
+    summary["windows"] = {n: scores["hma-disc"][n]["windows"] for n in names}
+    for n in names:  # every model was scored on the same clips
+        if any(scores[k][n]["windows"] != summary["windows"][n] for k in ("hma-cont", f"uva/{n}")):
+            raise VideoActionError(f"{n}: the models were scored on different clips (their held-out episodes "
+                                   f"differ); check dataset.val_ratio / split_seed")
+    summary["table"] = table(summary)
+    atomic_write_json(out / "world_models.json", summary)
+    (out / "world_models.md").write_text(markdown(summary))
+    return summary
+
+
+def _strip(res: dict) -> dict:
+    return {k: v for k, v in res.items() if k not in ("copy_last", "windows")}
+
+
+def table(summary: dict) -> list[dict]:
+    rows = []
+    for emb, models in summary["scores"].items():
+        for model, m in models.items():
+            rows.append({"embodiment": emb, "model": model, "psnr": m["psnr"], "ssim": m["ssim"],
+                         "delta_psnr": m.get("delta_psnr", 0.0), "s_per_frame": m.get("s_per_frame", 0.0),
+                         "ceiling_psnr": m.get("ceiling_psnr"), "steps": _steps(summary, model, emb)})
+    return rows
+
+
+def _steps(summary: dict, model: str, emb: str):
+    key = {"uva-tiny": f"uva/{emb}", "hma-tiny-disc": "hma-disc", "hma-tiny-cont": "hma-cont"}.get(model)
+    return summary["runs"][key]["step"] if key else None
+
+
+def markdown(summary: dict) -> str:
+    s = summary["sizes"]
+    lines = [f"HMA-tiny vs UVA-tiny vs copy-last-frame, {s['eval_windows']} held-out clips per embodiment, 4 prompt "
+             f"frames then 4 predicted, 4 steps apart, scored against the real frames at {s['image_size']} px. "
+             f"Budget per family {s['minutes']:g} min.", "",
+             "| embodiment | model | PSNR (dB) | SSIM | ΔPSNR (dB) | s / frame | tokenizer ceiling (dB) | steps |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary["table"]:
+        ceil = "" if r["ceiling_psnr"] is None else f"{r['ceiling_psnr']:.2f}"
+        lines.append(f"| {r['embodiment']} | {r['model']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['delta_psnr']:+.2f} "
+                     f"| {r['s_per_frame']:.4f} | {ceil} | {r['steps'] or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def print_world_models(summary: dict) -> None:
+    print(markdown(summary))
+
+
