@@ -141,3 +141,20 @@ def test_eval_video_cli_reports_hma_metrics_next_to_copy_last(tokens, capsys):
     copy = np.repeat(real[:, n - 1: n], real.shape[1] - n, axis=1)
     expect = float(np.minimum(psnr(copy, real[:, n:], reduce=False), 100).mean())
     assert m["psnr_copy_last"] == pytest.approx(expect, rel=1e-5)
+
+
+def test_token_layout_is_taken_from_the_datasets(tokens):
+    from videoaction.config import get_preset
+    from videoaction.errors import VideoActionError
+    from videoaction.models.hma.run import fit_token_layout, resolve_datasets
+
+    root, data = tokens
+    ds = resolve_datasets(get_preset("hma-tiny-disc"), str(data))
+    lay = next(iter(ds.values())).layout
+    cfg = get_preset("hma-tiny-disc")
+    cfg.model.grid, cfg.model.vocab_size = 99, 4
+    fit_token_layout(cfg, ds)
+    assert (cfg.model.grid, cfg.model.vocab_size) == (lay.frame_shape[-1], lay.vocab_size)
+    cont = get_preset("hma-tiny-cont")
+    with pytest.raises(VideoActionError, match="holds token ids, the model is continuous"):
+        fit_token_layout(cont, ds)

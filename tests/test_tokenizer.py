@@ -192,3 +192,35 @@ def test_train_small_tokenizer_on_a_store(tmp_path, one_thread):
                  "--image-size", "32", "--latent-channels", "4", "--stride", "8", "--no-progress"]) == 0
     saved = json.loads((tmp_path / "cli" / "tokenizer.json").read_text())
     assert saved["kind"] == "small" and saved["train_steps"] == 3 and saved["scale"] > 0
+
+
+def test_one_tokenizer_for_several_stores_and_the_lfq_kind(tmp_path, one_thread):
+    from videoaction.nn.tokenizer.lfq import load_lfq
+    from videoaction.train.lfq_tokenizer import code_usage
+    from videoaction.train.tokenizer import load_frames, load_frames_many
+    from videoaction.train.tokenizer_cli import main
+
+    _synthetic_store(tmp_path / "a", n_ep=4, T=20)
+    _synthetic_store(tmp_path / "b", n_ep=4, T=20)
+    both = f"{tmp_path / 'a'},{tmp_path / 'b'}"
+    train, val, n_val = load_frames_many(both, image_size=32, val_fraction=0.25)
+    ta, va = load_frames(tmp_path / "a", image_size=32, val_fraction=0.25)
+    assert n_val == [len(va), len(va)] and len(train) == 2 * len(ta)  # each store split by its own episodes
+    assert torch.equal(train[: len(ta)], ta)
+    assert main(["--data", both, "--out", str(tmp_path / "ae"), "--steps", "2", "--image-size", "32",
+                 "--latent-channels", "4", "--stride", "8", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "ae" / "tokenizer.json").read_text())["store"] == both
+    # --kind lfq: LFQ ids (stride 8, 2^6 vocabulary) with a held-out report per store
+    assert main(["--kind", "lfq", "--data", both, "--out", str(tmp_path / "lfq"), "--steps", "20", "--image-size",
+                 "32", "--z-channels", "6", "--channels", "8", "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "lfq" / "lfq.json").read_text())
+    report = saved["report"]
+    assert saved["z_channels"] == 6 and list(report["stores"]) == both.split(",")
+    for r in report["stores"].values():
+        assert r["n_val_frames"] == len(va) and 0 < r["psnr_val"] < 100 and 1 <= r["distinct_ids"] <= 64
+    tok = load_lfq(tmp_path / "lfq")
+    assert tok.encode_ids(val[:2].float() / 127.5 - 1).shape == (2, 4, 4)
+    # the collapse check: constant ids have no varying position and perplexity 1
+    flat = code_usage(torch.full((5, 4, 4), 7))
+    assert flat == {"distinct_ids": 1, "varying_positions": 0.0, "perplexity": pytest.approx(1.0)}
+    assert code_usage(torch.arange(32).view(2, 4, 4))["varying_positions"] == 1.0

@@ -45,6 +45,10 @@ def test_every_model_is_scored_on_the_same_held_out_clips(bench):
             W.psnr_capped(copy, real[:, 4:]), rel=1e-6)
     for key in ("hma-disc", "hma-cont", "uva/pusht"):
         assert summary["runs"][key]["step"] > 0
+    # the playground's rate, measured with the trained HMA-disc model on a held-out PushT episode
+    play = summary["playground"]
+    assert play["fps"] > 0 and play["steps"] == 40 and 0 < play["psnr_vs_simulator"] <= 100
+    assert "predicted frames / s" in (out / "world_models.md").read_text()
 
 
 def test_uva_and_hma_inputs_are_the_clips_frames_and_actions(bench):

@@ -5,10 +5,9 @@ Stages (each resumable: a re-run with the same ``--out`` skips what is finished)
 
 1. demonstrations of every embodiment (the scripted experts);
 2. tokenizers, not part of any model's budget: one LFQ tokenizer (HMA's discrete ids) and one small autoencoder
-   (HMA's continuous latents) fitted on the frames of all embodiments at ``image_size``, as HMA shares one
-   tokenizer across embodiments; UVA-tiny's autoencoder (the same architecture) fitted on each embodiment's own
-   frames, as UVA is trained (``uva_tokenizers="shared"``: the shared one). Each model's tokenizer ceiling is
-   reported beside its scores;
+   (HMA's continuous latents, the same 8 x 8 grid) fitted on the frames of all embodiments at ``image_size``, as
+   HMA shares one tokenizer across embodiments; UVA-tiny's own autoencoder (4 x 4 latents) fitted on each
+   embodiment's frames, as UVA is trained. Each model's tokenizer ceiling is reported beside its scores;
 3. token datasets (``encode --format hma``, ids and latents) and UVA's latent caches;
 4. training side by side, the same CPU budget per family: HMA-disc and HMA-cont are one model each for all
    embodiments (``minutes``); UVA-tiny has no embodiment conditioning, so it is one model per embodiment
@@ -43,8 +42,7 @@ class WorldModelSizes:
     image_size: int = 64
     lfq_steps: int = 1500
     ae_steps: int = 800
-    # UVA-tiny's autoencoder: "per-embodiment" (its own on each store, as UVA is trained) or "shared" (HMA-cont's)
-    uva_tokenizers: str = "per-embodiment"
+    hma_ae_stride: int = 8  # HMA-cont's shared autoencoder: the LFQ tokenizer's grid (8 x 8 at 64 px)
     val_ratio: float = 0.1  # held-out share of every store's episodes (every model holds out the same ones)
     eval_windows: int = 16  # clips per embodiment
     batch_size: int = 16
@@ -73,7 +71,8 @@ def _lfq_job(stores: list[str], out: str, sizes: WorldModelSizes) -> dict:
     return {"path": out, **report}
 
 
-def _ae_job(stores: list[str], out: str, sizes: WorldModelSizes) -> dict:
+def _ae_job(stores: list[str], out: str, sizes: WorldModelSizes, stride: int | None = None) -> dict:
+    """The small autoencoder on ``stores``: UVA-tiny's configuration, at ``stride`` when given."""
     from videoaction.config import get_preset
     from videoaction.train.tokenizer import train_tokenizer
 
@@ -83,7 +82,9 @@ def _ae_job(stores: list[str], out: str, sizes: WorldModelSizes) -> dict:
         info = json.loads(cfg_path.read_text())
         return {"path": out, "reused": True, "psnr_val": info.get("psnr_val")}
     res: list = []
-    train_tokenizer(stores, out, get_preset(UVA_PRESET).model.tokenizer, steps=sizes.ae_steps,
+    cfg = get_preset(UVA_PRESET).model.tokenizer
+    cfg = replace(cfg, stride=stride) if stride else cfg
+    train_tokenizer(stores, out, cfg, steps=sizes.ae_steps,
                     batch_size=sizes.batch_size, image_size=sizes.image_size, seed=sizes.seed, progress=False,
                     log=None, result=res)
     return {"path": out, "psnr_val": res[0].psnr_val}
@@ -145,8 +146,31 @@ def _eval_job(family: str, checkpoint: str, stores: dict, tokens: dict | None, t
     return out
 
 
+def _playground_job(checkpoint: str, store: str, tokenizer: str, sizes, steps: int = 40) -> dict:
+    """Predicted frames per second of the playground with the HMA-disc model (in process: simulator steps, one
+    model step, decoding and PNG encoding; no browser or HTTP), from a held-out PushT episode."""
+    from videoaction.data.store import EpisodeStore
+    from videoaction.eval.video_eval import held_out_episodes
+    from videoaction.models.base import load_policy
+    from videoaction.playground import Playground
+
+    _threads(sizes.threads)
+    policy = load_policy(checkpoint)
+    episode = held_out_episodes(EpisodeStore.open(store).n_episodes, policy.cfg.dataset)[0]
+    pg = Playground(policy, store, episode=episode, domain="pusht", tokenizer=tokenizer)
+    keys = ["ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp"]
+    pg.step("none")  # warm-up
+    t0 = time.perf_counter()
+    views = [pg.step(keys[(i // 10) % 4]) for i in range(steps)]
+    seconds = time.perf_counter() - t0
+    return {"fps": steps / seconds, "ms_per_step": 1000 * seconds / steps, "steps": steps,
+            "sim_steps_per_frame": policy.mcfg.domain("pusht").stride,
+            "psnr_vs_simulator": float(sum(v["psnr"] for v in views) / steps)}
+
+
 # ----------------------------------------------------------------------------------------------- configs
-def hma_config(variant: str, tokens: dict, action_dims: dict, out: str, sizes: WorldModelSizes):
+def hma_config(variant: str, tokens: dict, action_dims: dict, out: str, sizes: WorldModelSizes,
+               tokenizer: str | None = None):
     from videoaction.config import get_preset
     from videoaction.models.hma.config import DomainConfig
 
@@ -154,6 +178,7 @@ def hma_config(variant: str, tokens: dict, action_dims: dict, out: str, sizes: W
     m = cfg.model
     m.domains = tuple(DomainConfig(n, action_dims[n], 4) for n in tokens)  # UVA's frame stride
     m.window, m.num_prompt_frames = 8, 4
+    m.tokenizer = tokenizer  # recorded for generate / the playground
     cfg.data = ",".join(f"{n}={p}" for n, p in tokens.items())
     cfg.out, cfg.seed, cfg.log_every = out, sizes.seed, 50
     cfg.optim.batch_size = sizes.batch_size
@@ -198,16 +223,13 @@ def run_world_models(out: Path, sizes: WorldModelSizes | None = None, log=print)
 
     t0 = time.perf_counter()
     log("2/5 tokenizers on the frames of every embodiment: LFQ (HMA-disc) and the small autoencoder (UVA, HMA-cont)")
-    if sizes.uva_tokenizers not in ("per-embodiment", "shared"):
-        raise VideoActionError(f"uva_tokenizers must be per-embodiment or shared, found {sizes.uva_tokenizers!r}")
-    own = sizes.uva_tokenizers == "per-embodiment"
     with _pool(sizes.workers) as pool:
         f_lfq = pool.submit(_lfq_job, list(stores.values()), str(out / "lfq"), sizes)
-        f_ae = pool.submit(_ae_job, list(stores.values()), str(out / "ae"), sizes)
-        f_own = {n: pool.submit(_ae_job, [stores[n]], str(out / f"ae-{n}"), sizes) for n in names if own}
+        f_ae = pool.submit(_ae_job, list(stores.values()), str(out / "ae"), sizes, sizes.hma_ae_stride)
+        f_own = {n: pool.submit(_ae_job, [stores[n]], str(out / f"ae-{n}"), sizes) for n in names}
         lfq, ae = f_lfq.result(), f_ae.result()
-        uva_tok = {n: f_own[n].result() if own else ae for n in names}
-    summary["tokenizers"] = {"lfq": lfq, "ae": ae, **{f"ae-{n}": uva_tok[n] for n in names if own}}
+        uva_tok = {n: f.result() for n, f in f_own.items()}
+    summary["tokenizers"] = {"lfq": lfq, "ae": ae, **{f"ae-{n}": uva_tok[n] for n in names}}
     t["tokenizers"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -223,9 +245,9 @@ def run_world_models(out: Path, sizes: WorldModelSizes | None = None, log=print)
     t0 = time.perf_counter()
     per_uva = sizes.minutes / len(names)
     jobs = {"hma-disc": (hma_config("discrete", {n: data[("disc", n)] for n in names}, action_dims,
-                                    str(out / "runs" / "hma-disc"), sizes), sizes.minutes),
+                                    str(out / "runs" / "hma-disc"), sizes, lfq["path"]), sizes.minutes),
             "hma-cont": (hma_config("continuous", {n: data[("cont", n)] for n in names}, action_dims,
-                                    str(out / "runs" / "hma-cont"), sizes), sizes.minutes)}
+                                    str(out / "runs" / "hma-cont"), sizes, ae["path"]), sizes.minutes)}
     for n in names:
         cfg = uva_config(data[("latents", n)], uva_tok[n]["path"], str(out / "runs" / f"uva-{n}"), sizes)
         jobs[f"uva/{n}"] = (cfg, per_uva)
@@ -247,7 +269,12 @@ def run_world_models(out: Path, sizes: WorldModelSizes | None = None, log=print)
         for n in names:
             futs[f"uva/{n}"] = pool.submit(_eval_job, "uva", runs[f"uva/{n}"]["checkpoint"], {n: stores[n]}, None,
                                            uva_tok[n]["path"], sizes)
+        if "pusht" in stores:
+            f_play = pool.submit(_playground_job, runs["hma-disc"]["checkpoint"], stores["pusht"], lfq["path"],
+                                 sizes)
         scores = {k: f.result() for k, f in futs.items()}
+        if "pusht" in stores:
+            summary["playground"] = f_play.result()
     t["evaluation"] = time.perf_counter() - t0
     summary["scores"] = {n: {"copy-last-frame": scores["hma-disc"][n]["copy_last"],
                              "uva-tiny": _strip(scores[f"uva/{n}"][n]),
@@ -294,6 +321,11 @@ def markdown(summary: dict) -> str:
         ceil = "" if r["ceiling_psnr"] is None else f"{r['ceiling_psnr']:.2f}"
         lines.append(f"| {r['embodiment']} | {r['model']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['delta_psnr']:+.2f} "
                      f"| {r['s_per_frame']:.4f} | {ceil} | {r['steps'] or ''} |")
+    if "playground" in summary:
+        p = summary["playground"]
+        lines += ["", f"Playground (HMA-tiny-disc on PushT, in process): {p['fps']:.1f} predicted frames / s "
+                      f"({p['ms_per_step']:.0f} ms per step of {p['sim_steps_per_frame']} simulator steps); mean "
+                      f"PSNR to the simulator's frame {p['psnr_vs_simulator']:.1f} dB over {p['steps']} steps."]
     return "\n".join(lines) + "\n"
 
 
