@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
                         help="HMA-tiny (discrete, continuous) vs UVA-tiny vs copy-last-frame as video world models on "
                              "held-out clips of PushT, PushT-M and Metaworld, one protocol, the same CPU budget per "
                              "family (writes OUT without .json / world_models.{json,md})")
-    parser.add_argument("--world-models-minutes", type=float, default=24.0,
+    parser.add_argument("--world-models-minutes", type=float, default=30.0,
                         help="--world-models: training budget per family (UVA: split over its per-embodiment models)")
     parser.add_argument("--threads", type=int, help="torch threads (e.g. 1 to run two benchmarks side by side)")
     parser.add_argument("--gpu", action="store_true",

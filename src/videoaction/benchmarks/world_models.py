@@ -14,7 +14,7 @@ Stages (each resumable: a re-run with the same ``--out`` skips what is finished)
    (``minutes / n_embodiments`` each). HMA uses UVA's frame timing: frame stride 4, 4 prompt + 4 predicted frames;
 5. :mod:`videoaction.eval.world_model_compare` on the same held-out clips (the project's episode split, so no model
    trained on them): PSNR / SSIM against the real frames at one resolution, ΔPSNR, seconds per frame and each
-   tokenizer's ceiling.
+   tokenizer's ceiling; and the playground's predicted frames per second with the HMA-disc model on PushT.
 
 ``OUT/world_models.json`` holds everything; ``OUT/world_models.md`` the table.
 """
@@ -35,13 +35,14 @@ UVA_PRESET = "uva-tiny"
 
 @dataclass
 class WorldModelSizes:
-    minutes: float = 24.0  # training wall-clock per family (UVA: split equally over its per-embodiment models)
+    minutes: float = 30.0  # training wall-clock per family (UVA: split equally over its per-embodiment models)
     embodiments: tuple[str, ...] = ("pusht", "pusht-m", "metaworld")
     episodes: tuple[int, ...] = (100, 40, 30)  # demonstrations per embodiment (Metaworld: per task)
     metaworld_tasks: tuple[str, ...] = METAWORLD_EASY
     image_size: int = 64
     lfq_steps: int = 1500
-    ae_steps: int = 800
+    ae_steps: int = 800  # HMA-cont's shared autoencoder
+    uva_ae_steps: int = 600  # UVA-tiny's per-embodiment autoencoders (as bench --targets)
     hma_ae_stride: int = 8  # HMA-cont's shared autoencoder: the LFQ tokenizer's grid (8 x 8 at 64 px)
     val_ratio: float = 0.1  # held-out share of every store's episodes (every model holds out the same ones)
     eval_windows: int = 16  # clips per embodiment
@@ -53,7 +54,7 @@ class WorldModelSizes:
 
 
 QUICK = WorldModelSizes(minutes=0.3, episodes=(4, 4, 2), metaworld_tasks=("drawer-open",), lfq_steps=4, ae_steps=4,
-                        val_ratio=0.34, eval_windows=3, batch_size=4, smoke=True)
+                        uva_ae_steps=4, val_ratio=0.34, eval_windows=3, batch_size=4, smoke=True)
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -71,7 +72,7 @@ def _lfq_job(stores: list[str], out: str, sizes: WorldModelSizes) -> dict:
     return {"path": out, **report}
 
 
-def _ae_job(stores: list[str], out: str, sizes: WorldModelSizes, stride: int | None = None) -> dict:
+def _ae_job(stores: list[str], out: str, sizes: WorldModelSizes, steps: int, stride: int | None = None) -> dict:
     """The small autoencoder on ``stores``: UVA-tiny's configuration, at ``stride`` when given."""
     from videoaction.config import get_preset
     from videoaction.train.tokenizer import train_tokenizer
@@ -84,7 +85,7 @@ def _ae_job(stores: list[str], out: str, sizes: WorldModelSizes, stride: int | N
     res: list = []
     cfg = get_preset(UVA_PRESET).model.tokenizer
     cfg = replace(cfg, stride=stride) if stride else cfg
-    train_tokenizer(stores, out, cfg, steps=sizes.ae_steps,
+    train_tokenizer(stores, out, cfg, steps=steps,
                     batch_size=sizes.batch_size, image_size=sizes.image_size, seed=sizes.seed, progress=False,
                     log=None, result=res)
     return {"path": out, "psnr_val": res[0].psnr_val}
@@ -225,8 +226,8 @@ def run_world_models(out: Path, sizes: WorldModelSizes | None = None, log=print)
     log("2/5 tokenizers on the frames of every embodiment: LFQ (HMA-disc) and the small autoencoder (UVA, HMA-cont)")
     with _pool(sizes.workers) as pool:
         f_lfq = pool.submit(_lfq_job, list(stores.values()), str(out / "lfq"), sizes)
-        f_ae = pool.submit(_ae_job, list(stores.values()), str(out / "ae"), sizes, sizes.hma_ae_stride)
-        f_own = {n: pool.submit(_ae_job, [stores[n]], str(out / f"ae-{n}"), sizes) for n in names}
+        f_ae = pool.submit(_ae_job, list(stores.values()), str(out / "ae"), sizes, sizes.ae_steps, sizes.hma_ae_stride)
+        f_own = {n: pool.submit(_ae_job, [stores[n]], str(out / f"ae-{n}"), sizes, sizes.uva_ae_steps) for n in names}
         lfq, ae = f_lfq.result(), f_ae.result()
         uva_tok = {n: f.result() for n, f in f_own.items()}
     summary["tokenizers"] = {"lfq": lfq, "ae": ae, **{f"ae-{n}": uva_tok[n] for n in names}}
