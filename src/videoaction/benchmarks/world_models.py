@@ -173,12 +173,14 @@ def _playground_job(checkpoint: str, store: str, tokenizer: str, sizes, steps: i
 def hma_config(variant: str, tokens: dict, action_dims: dict, out: str, sizes: WorldModelSizes,
                tokenizer: str | None = None):
     from videoaction.config import get_preset
+    from videoaction.eval.world_model_compare import ClipProtocol
     from videoaction.models.hma.config import DomainConfig
 
+    proto = ClipProtocol(image_size=sizes.image_size)  # UVA's frame timing, which the scoring uses
     cfg = get_preset(f"hma-tiny-{variant[:4]}")
     m = cfg.model
-    m.domains = tuple(DomainConfig(n, action_dims[n], 4) for n in tokens)  # UVA's frame stride
-    m.window, m.num_prompt_frames = 8, 4
+    m.domains = tuple(DomainConfig(n, action_dims[n], proto.stride) for n in tokens)
+    m.window, m.num_prompt_frames = proto.n_prompt + proto.n_future, proto.n_prompt
     m.tokenizer = tokenizer  # recorded for generate / the playground
     cfg.data = ",".join(f"{n}={p}" for n, p in tokens.items())
     cfg.out, cfg.seed, cfg.log_every = out, sizes.seed, 50

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-key", default="img")
     p.add_argument("--latent-channels", type=int, default=8)
     p.add_argument("--stride", type=int, default=8, choices=(4, 8, 16))
-    p.add_argument("--channels", type=int, nargs="*", default=None, help="widths per level (default 32 64 128 ...; lfq: the first is the base width)")
+    p.add_argument("--channels", type=int, nargs="*", default=None,
+                   help="widths per level (default 32 64 128 ...; lfq: the first is the base width)")
     p.add_argument("--plain", action="store_true", help="plain autoencoder (no KL posterior)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1e-5)

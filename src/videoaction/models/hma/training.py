@@ -120,7 +120,8 @@ def train(cfg: HMARunConfig, datasets: dict[str, TokenDataset], out=None, log=pr
     """Train for ``cfg.steps`` (or until ``time_limit_s``); returns the model and the logged curve.
 
     With ``out`` the model is saved there (``save_pretrained``) with ``metrics.jsonl`` (every ``log_every``).
-    ``val_ratio`` > 0 keeps the windows of the held-out episodes of every dataset (the project's split) out of training."""
+    ``val_ratio`` > 0 keeps the windows of the held-out episodes of every dataset (the project's split) out of
+    training."""
     torch.manual_seed(cfg.seed)
     policy = policy or HMAPolicy(cfg)
     fit_statistics(policy, datasets)

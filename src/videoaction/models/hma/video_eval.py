@@ -3,9 +3,11 @@
 HMA declares :func:`evaluate_hma_video` as its :meth:`~videoaction.models.base.Policy.video_eval_entry`. ``--data``
 takes the token datasets as training does (``DIR`` or ``NAME=DIR,...``). Per embodiment, ``n_windows`` windows,
 evenly spaced over the windows of the held-out episodes (the project's split, ``dataset.val_ratio`` and
-``dataset.split_seed``, as ``videoaction train`` used), are generated autoregressively from ``model.num_prompt_frames`` prompt frames. Metrics
-(evaluate.py): PSNR / SSIM next to copy-last-frame, Delta-PSNR (true minus random actions), token accuracy for
-the discrete variant, and seconds per generated frame next to the time copy-last-frame takes.
+``dataset.split_seed``, as ``videoaction train`` used), are generated autoregressively from
+``model.num_prompt_frames`` prompt frames. Metrics (evaluate.py): PSNR / SSIM next to copy-last-frame, Delta-PSNR
+(true minus random actions), token accuracy for the discrete variant, and seconds per generated frame next to the
+time copy-last-frame takes. For a comparison with other families on the real frames, see
+:mod:`videoaction.eval.world_model_compare`.
 """
 
 from __future__ import annotations
