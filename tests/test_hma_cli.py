@@ -158,3 +158,35 @@ def test_token_layout_is_taken_from_the_datasets(tokens):
     cont = get_preset("hma-tiny-cont")
     with pytest.raises(VideoActionError, match="holds token ids, the model is continuous"):
         fit_token_layout(cont, ds)
+
+
+def test_eval_video_teacher_forced_ce_and_user_lpips_fvd(tokens, tmp_path):
+    """Discrete HMA: teacher-forced CE / accuracy rows; LPIPS and FVD from user TorchScript files (stand-ins with
+    the real calling conventions), next to copy-last-frame."""
+
+    class MeanAbs(torch.nn.Module):  # LPIPS convention: two images (N, 3, H, W) in [-1, 1] -> (N,)
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return (x - y).abs().mean((1, 2, 3))
+
+    class Feat(torch.nn.Module):  # I3D convention
+        def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                    return_features: bool = True) -> torch.Tensor:
+            return torch.stack([x.mean((1, 2, 3, 4)), x.std((1, 2, 3, 4)), x[:, 0].mean((1, 2, 3))], 1)
+
+    torch.jit.script(MeanAbs()).save(str(tmp_path / "lpips.pt"))
+    torch.jit.script(Feat()).save(str(tmp_path / "i3d.pt"))
+    root, data = tokens
+    if not (root / "full" / "checkpoints").is_dir():
+        assert _train(root / "full", data, 4) == 0
+    out = tmp_path / "eval"
+    assert cli(["eval", "--video", "--checkpoint", str(root / "full"), "--data", str(data), "--out", str(out),
+                "--episodes", "3", "--quiet", "--no-report", "--lpips", str(tmp_path / "lpips.pt"),
+                "--i3d", str(tmp_path / "i3d.pt")]) == 0
+    res = json.loads((out / "video_results.json").read_text())
+    m = res["metrics"]
+    assert 0 < m["tf_ce"] and m["ce_uniform"] == pytest.approx(2 * np.log(32)) and 0 <= m["tf_token_acc"] <= 1
+    assert m["lpips"] >= 0 and m["lpips_copy_last"] > 0 and m["fvd"] >= 0 and m["fvd_copy_last"] >= 0
+    metrics = [row["metric"] for row in res["table"]]
+    for name in ("teacher-forced cross-entropy", "teacher-forced token accuracy", "LPIPS", "FVD"):
+        assert any(name in r for r in metrics), name
+    assert not any("not computed" in n for n in res["notes"])

@@ -13,7 +13,7 @@ from videoaction.data.hma_tokens import TokenDataset, TokenLayout, TokenWriter, 
 from videoaction.models.base import load_policy
 from videoaction.models.hma.config import DomainConfig, HMAConfig, HMARunConfig
 from videoaction.models.hma.decoding import mar_frame, maskgit_frame
-from videoaction.models.hma.evaluate import delta_psnr
+from videoaction.models.hma.evaluate import delta_psnr, teacher_forced_ce
 from videoaction.models.hma.policy import HMAPolicy
 from videoaction.models.hma.training import MultiEmbodimentSampler, train
 from videoaction.nn.diffusion import DiffusionHeadConfig
@@ -91,6 +91,16 @@ def test_discrete_fits_three_embodiments_and_decodes_known_tokens(discrete):
         pred = policy.generate(b["tokens"], b["action"], name, n_prompt=1, teacher_forced=True, steps=2)
         acc = (pred[:, 1:] == b["tokens"][:, 1:]).float().mean()
         assert acc > 0.85, (name, float(acc))
+        # one-pass teacher-forced cross-entropy: far below uniform, and its accuracy agrees with decoding
+        tf = teacher_forced_ce(policy, b["tokens"], b["action"], name, n_prompt=1)
+        assert tf["tf_ce"] < 0.3 * tf["ce_uniform"] and tf["tf_token_acc"] > 0.8, (name, tf)
+        # causal: a frame's prediction does not see later frames (scrambling the last frame changes its CE only)
+        scrambled = b["tokens"].clone()
+        scrambled[:, -1] = torch.randint(0, policy.mcfg.vocab_size, scrambled[:, -1].shape,
+                                         generator=torch.Generator().manual_seed(0))
+        again = teacher_forced_ce(policy, scrambled, b["action"], name, n_prompt=1)
+        assert again["tf_ce_per_frame"][:-1] == pytest.approx(tf["tf_ce_per_frame"][:-1], rel=1e-5)
+        assert again["tf_ce_per_frame"][-1] > tf["tf_ce_per_frame"][-1] + 1.0
     # checkpoint round trip through the family registry
     loaded = load_policy(root / "ckpt")
     b = _held_out(data, "two")

@@ -186,7 +186,7 @@ def evaluate_video(policy, data, out_dir=None, episodes: Sequence[int] | None = 
              f"predict_video num_iter={num_iter}, cfg={cfg}, temperature={temperature}, seed={seed}."]
     _action_errors(policy, store, ds, eps, img[:, pos[:nh]], img[:, pos[nh:]], true_a, language, gen, batch_size,
                       m, notes, obs_all=obs_all)
-    _feature_metrics(pred, real, copy_last, lpips_path, i3d_path, m, notes, policy.device)
+    feature_metrics(pred, real, copy_last, lpips_path, i3d_path, m, notes, policy.device)
     table = _table(m)
     grids = []
     if out_dir is not None:
@@ -260,7 +260,9 @@ def _action_errors(policy, store, ds, eps, hist, real, true_a, language, gen, ba
     record("inverse_dynamics", preds)
 
 
-def _feature_metrics(pred, real, copy_last, lpips_path, i3d_path, m, notes, device) -> None:
+def feature_metrics(pred, real, copy_last, lpips_path, i3d_path, m, notes, device) -> None:
+    """LPIPS / FVD of ``pred`` and ``copy_last`` against ``real`` (uint8 (N, T, S, S, 3)) into ``m`` when the user
+    gave the TorchScript files, else a note saying how to get them."""
     if lpips_path is None:
         notes.append("LPIPS not computed: pass --lpips PATH (" + M.LPIPS_HOW + "); nothing is downloaded.")
     else:

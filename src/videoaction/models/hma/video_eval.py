@@ -20,7 +20,7 @@ import torch
 
 from videoaction.errors import VideoActionError
 
-from .evaluate import delta_psnr, video_metrics
+from .evaluate import delta_psnr, teacher_forced_ce, video_metrics
 from .run import resolve_datasets
 from .training import MultiEmbodimentSampler
 
@@ -56,6 +56,15 @@ def _table(m: dict, label: str = "") -> list[dict]:
     if "token_acc" in m:
         rows.append({"metric": f"token accuracy ↑{suffix}", "model": m["token_acc"],
                      "baseline": m["token_acc_copy_last"], "baseline is": copy})
+    if "tf_ce" in m:
+        rows.append({"metric": f"teacher-forced cross-entropy (nats / token) ↓{suffix}", "model": m["tf_ce"],
+                     "baseline": m["ce_uniform"], "baseline is": "uniform over the vocabulary"})
+        rows.append({"metric": f"teacher-forced token accuracy ↑{suffix}", "model": m["tf_token_acc"],
+                     "baseline": m["token_acc_copy_last"], "baseline is": copy})
+    for key, name in (("lpips", "LPIPS ↓"), ("fvd", "FVD ↓")):
+        if key in m:
+            rows.append({"metric": f"{name}{suffix}", "model": m[key], "baseline": m[f"{key}_copy_last"],
+                         "baseline is": copy})
     return rows
 
 
@@ -67,18 +76,17 @@ def evaluate_hma_video(policy, data, out_dir=None, n_windows: int = 16, seed: in
     ``video_results.json`` under ``out_dir`` when given. ``num_iter`` > 1 overrides ``model.decode_steps``."""
     from tqdm.auto import tqdm
 
+    from videoaction.eval.video_eval import feature_metrics
     from videoaction.generate import build_decoder
     from videoaction.utils.io import atomic_write_json
 
-    if lpips_path or i3d_path:
-        raise VideoActionError("--lpips / --i3d: not computed for HMA checkpoints by this evaluation; run without "
-                               "them (PSNR, SSIM, Delta-PSNR and time per frame are reported)")
     t0 = time.perf_counter()
     m = policy.mcfg
     n_prompt = m.num_prompt_frames
     steps = num_iter if num_iter > 1 else None
     datasets = resolve_datasets(policy.cfg, data)
     per: dict[str, dict] = {}
+    feature_notes: list[str] = []
     windows: dict[str, list[int]] = {}
     for name, ds in tqdm(datasets.items(), disable=not progress, desc="hma video eval", unit="embodiment"):
         spec = tokenizer or m.tokenizer or (ds.manifest.get("encoder") or {}).get("path")
@@ -88,14 +96,21 @@ def evaluate_hma_video(policy, data, out_dir=None, n_windows: int = 16, seed: in
         decode = build_decoder(spec, ds.layout.quantized, m.latent_scale, allow_pickle)
         sampler, starts = _windows(policy, name, ds, n_windows, seed)
         batch = sampler.batch(len(starts), name=name, starts=starts)
-        res = video_metrics(policy, decode, batch["tokens"], batch["action"], name, n_prompt, seed=seed, steps=steps)
+        frames: dict = {}
+        res = video_metrics(policy, decode, batch["tokens"], batch["action"], name, n_prompt, seed=seed, steps=steps,
+                            frames_out=frames)
+        if m.variant == "discrete":
+            res.update(teacher_forced_ce(policy, batch["tokens"], batch["action"], name, n_prompt))
+        feature_notes = []  # the same for every embodiment
+        feature_metrics(frames["pred"], frames["target"], frames["copy_last"], lpips_path, i3d_path, res,
+                        feature_notes, policy.device)
         res.update(delta_psnr(policy, decode, batch["tokens"], batch["action"], name, n_prompt, trials=TRIALS,
                               seed=seed, steps=steps))
         res["copy_last_s_per_frame"] = _copy_last_s_per_frame(decode(batch["tokens"]), n_prompt)
         res["n_windows"] = int(len(starts))
         per[name], windows[name] = res, [int(s) for s in starts]
     total = sum(r["n_windows"] for r in per.values())
-    keys = [k for k in next(iter(per.values())) if k != "n_windows"]
+    keys = [k for k, v in next(iter(per.values())).items() if k != "n_windows" and isinstance(v, (int, float))]
     overall = {k: float(sum(r[k] * r["n_windows"] for r in per.values()) / total) for k in keys}
     table = _table(overall)
     if len(per) > 1:
@@ -104,9 +119,11 @@ def evaluate_hma_video(policy, data, out_dir=None, n_windows: int = 16, seed: in
     notes = [f"{total} windows of {m.window} frames ({n_prompt} prompt frames, {m.window - n_prompt} generated "
              f"autoregressively) from the held-out {policy.cfg.dataset.val_ratio:g} of the episodes of "
              f"{', '.join(per)}; decode steps {steps or m.decode_steps}; Delta-PSNR over {TRIALS} random-action "
-             f"trials; PSNR is against the tokenizer's reconstruction of the ground truth, capped at 100 dB per frame.",
+             f"trials; PSNR (capped at 100 dB per frame), SSIM, LPIPS and FVD are against the tokenizer's "
+             f"reconstruction of the ground truth; teacher-forced cross-entropy predicts each frame in one pass "
+             f"from the true frames before it.",
              "Metrics are window-weighted means over the embodiments; per-embodiment rows follow when there are "
-             "several."]
+             "several."] + feature_notes
     out = {"data": str(data), "family": "hma", "n_windows": total, "windows": windows, "metrics": overall,
            "embodiments": per, "table": table, "notes": notes, "wall_s": time.perf_counter() - t0}
     if out_dir is not None:
