@@ -114,7 +114,12 @@ def prepare_clips(policy, store, wins: Sequence[tuple[int, int]]) -> dict[str, A
         language = [str(col[e]) for e, _ in wins]
     return {"obs": obs_all, "language": language, "true_actions": acts[:, a_start:a_start + n_actions], "img": img,
             "pos": pos, "real": _to_model_frames(img[:, pos[nh:]], ds), "hist": _to_model_frames(img[:, pos[:nh]], ds),
-            "perm": np.roll(np.arange(n), max(1, n // 2)) if n > 1 else np.arange(n)}
+            "perm": shuffle_order(n)}
+
+
+def shuffle_order(n: int) -> np.ndarray:
+    """For ΔPSNR, window i takes the actions of window ``shuffle_order(n)[i]`` (another one when n > 1)."""
+    return np.roll(np.arange(n), max(1, n // 2)) if n > 1 else np.arange(n)
 
 
 def predict_clips(policy, clips: dict, actions: np.ndarray, batch_size: int = 8, num_iter: int = 1,

@@ -28,6 +28,7 @@ import torch
 
 from videoaction.errors import VideoActionError
 from videoaction.eval import metrics as M
+from videoaction.eval.video_eval import shuffle_order
 
 MAX_PSNR = 100.0
 
@@ -83,11 +84,6 @@ def score(pred: np.ndarray, pred_shuffled: np.ndarray | None, real: np.ndarray) 
     return out
 
 
-def shuffle_order(n: int) -> np.ndarray:
-    """The clip whose actions clip i gets for ΔPSNR (the one :func:`prepare_clips` uses)."""
-    return np.roll(np.arange(n), max(1, n // 2)) if n > 1 else np.arange(n)
-
-
 def copy_last(real: np.ndarray, proto: ClipProtocol) -> dict:
     pred = np.repeat(real[:, proto.n_prompt - 1: proto.n_prompt], proto.n_future, axis=1)
     return {**score(pred, None, real[:, proto.n_prompt:]), "delta_psnr": 0.0, "s_per_frame": 0.0}
@@ -111,7 +107,7 @@ def uva_clips(policy, store, wins, proto: ClipProtocol, real: np.ndarray, seed: 
     t0 = time.perf_counter()
     pred = predict_clips(policy, c, c["true_actions"], batch_size=batch_size, generator=gen)
     seconds = time.perf_counter() - t0
-    shuf = predict_clips(policy, c, c["true_actions"][shuffle_order(len(wins))], batch_size=batch_size,
+    shuf = predict_clips(policy, c, c["true_actions"][c["perm"]], batch_size=batch_size,
                          generator=gen)
     future = real[:, proto.n_prompt:]
     return {**score(pred, shuf, future), "s_per_frame": seconds / pred.shape[0] / pred.shape[1], "frames": pred}
