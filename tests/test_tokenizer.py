@@ -158,16 +158,7 @@ def _synthetic_store(path: Path, n_ep: int = 6, T: int = 40) -> None:
         store.add_episode({"img": img, "action": rng.normal(size=(T, 2)).astype(np.float32)}, {"seed": e})
 
 
-@pytest.fixture
-def one_thread():
-    """Small convs on a busy 2-core machine run >10x faster single-threaded (no OpenMP oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_train_small_tokenizer_on_a_store(tmp_path, one_thread):
+def test_train_small_tokenizer_on_a_store(tmp_path, one_torch_thread):
     from videoaction.train.tokenizer import train_tokenizer
     from videoaction.train.tokenizer_cli import main
 
@@ -194,7 +185,7 @@ def test_train_small_tokenizer_on_a_store(tmp_path, one_thread):
     assert saved["kind"] == "small" and saved["train_steps"] == 3 and saved["scale"] > 0
 
 
-def test_one_tokenizer_for_several_stores_and_the_lfq_kind(tmp_path, one_thread):
+def test_one_tokenizer_for_several_stores_and_the_lfq_kind(tmp_path, one_torch_thread):
     from videoaction.nn.tokenizer.lfq import load_lfq
     from videoaction.train.lfq_tokenizer import code_usage
     from videoaction.train.tokenizer import load_frames, load_frames_many

@@ -38,7 +38,8 @@ class WorldModelSizes:
     minutes: float = 30.0  # training wall-clock per family (UVA: split equally over its per-embodiment models)
     embodiments: tuple[str, ...] = ("pusht", "pusht-m", "metaworld")
     episodes: tuple[int, ...] = (100, 40, 30)  # demonstrations per embodiment (Metaworld: per task)
-    metaworld_tasks: tuple[str, ...] = METAWORLD_EASY
+    tasks: tuple[tuple[str, tuple[str, ...]], ...] = (("metaworld", METAWORLD_EASY),)  # (embodiment, its tasks)
+    playground: str | None = "pusht"  # the embodiment whose simulator the playground drives (None: not measured)
     image_size: int = 64
     lfq_steps: int = 1500
     ae_steps: int = 800  # HMA-cont's shared autoencoder
@@ -53,7 +54,8 @@ class WorldModelSizes:
     smoke: bool = False  # shrink the networks (tests)
 
 
-QUICK = WorldModelSizes(minutes=0.3, episodes=(4, 4, 2), metaworld_tasks=("drawer-open",), lfq_steps=4, ae_steps=4,
+QUICK = WorldModelSizes(minutes=0.3, episodes=(4, 4, 2), tasks=(("metaworld", ("drawer-open",)),), lfq_steps=4,
+                        ae_steps=4,
                         uva_ae_steps=4, val_ratio=0.34, eval_windows=3, batch_size=4, smoke=True)
 
 
@@ -147,9 +149,9 @@ def _eval_job(family: str, checkpoint: str, stores: dict, tokens: dict | None, t
     return out
 
 
-def _playground_job(checkpoint: str, store: str, tokenizer: str, sizes, steps: int = 40) -> dict:
+def _playground_job(checkpoint: str, store: str, domain: str, tokenizer: str, sizes, steps: int = 40) -> dict:
     """Predicted frames per second of the playground with the HMA-disc model (in process: simulator steps, one
-    model step, decoding and PNG encoding; no browser or HTTP), from a held-out PushT episode."""
+    model step, decoding and PNG encoding; no browser or HTTP), from a held-out episode of ``domain``."""
     from videoaction.data.store import EpisodeStore
     from videoaction.eval.video_eval import held_out_episodes
     from videoaction.models.base import load_policy
@@ -158,14 +160,14 @@ def _playground_job(checkpoint: str, store: str, tokenizer: str, sizes, steps: i
     _threads(sizes.threads)
     policy = load_policy(checkpoint)
     episode = held_out_episodes(EpisodeStore.open(store).n_episodes, policy.cfg.dataset)[0]
-    pg = Playground(policy, store, episode=episode, domain="pusht", tokenizer=tokenizer)
+    pg = Playground(policy, store, episode=episode, domain=domain, env=domain, tokenizer=tokenizer)
     keys = ["ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp"]
     pg.step("none")  # warm-up
     t0 = time.perf_counter()
     views = [pg.step(keys[(i // 10) % 4]) for i in range(steps)]
     seconds = time.perf_counter() - t0
     return {"fps": steps / seconds, "ms_per_step": 1000 * seconds / steps, "steps": steps,
-            "sim_steps_per_frame": policy.mcfg.domain("pusht").stride,
+            "embodiment": domain, "sim_steps_per_frame": policy.mcfg.domain(domain).stride,
             "psnr_vs_simulator": float(sum(v["psnr"] for v in views) / steps)}
 
 
@@ -217,7 +219,7 @@ def run_world_models(out: Path, sizes: WorldModelSizes | None = None, log=print)
     log(f"1/5 demonstrations: {', '.join(names)}")
     with _pool(min(sizes.workers, len(names))) as pool:
         futs = {n: pool.submit(_demos_job, n, str(out / "demos" / f"{n}.zarr"), k, sizes.seed,
-                               sizes.metaworld_tasks if n == "metaworld" else None, sizes.threads)
+                               dict(sizes.tasks).get(n), sizes.threads)
                 for n, k in zip(names, sizes.episodes)}
         demos = {n: f.result() for n, f in futs.items()}
     stores = {n: d["path"] for n, d in demos.items()}
@@ -272,11 +274,12 @@ def run_world_models(out: Path, sizes: WorldModelSizes | None = None, log=print)
         for n in names:
             futs[f"uva/{n}"] = pool.submit(_eval_job, "uva", runs[f"uva/{n}"]["checkpoint"], {n: stores[n]}, None,
                                            uva_tok[n]["path"], sizes)
-        if "pusht" in stores:
-            f_play = pool.submit(_playground_job, runs["hma-disc"]["checkpoint"], stores["pusht"], lfq["path"],
+        play = sizes.playground if sizes.playground in stores else None
+        if play:
+            f_play = pool.submit(_playground_job, runs["hma-disc"]["checkpoint"], stores[play], play, lfq["path"],
                                  sizes)
         scores = {k: f.result() for k, f in futs.items()}
-        if "pusht" in stores:
+        if play:
             summary["playground"] = f_play.result()
     t["evaluation"] = time.perf_counter() - t0
     summary["scores"] = {n: {"copy-last-frame": scores["hma-disc"][n]["copy_last"],
@@ -326,8 +329,8 @@ def markdown(summary: dict) -> str:
                      f"| {r['s_per_frame']:.4f} | {ceil} | {r['steps'] or ''} |")
     if "playground" in summary:
         p = summary["playground"]
-        lines += ["", f"Playground (HMA-tiny-disc on PushT, in process): {p['fps']:.1f} predicted frames / s "
-                      f"({p['ms_per_step']:.0f} ms per step of {p['sim_steps_per_frame']} simulator steps); mean "
+        lines += ["", f"Playground (HMA-tiny-disc on {p['embodiment']}, in process): {p['fps']:.1f} predicted "
+                      f"frames / s ({p['ms_per_step']:.0f} ms per step of {p['sim_steps_per_frame']} simulator steps); mean "
                       f"PSNR to the simulator's frame {p['psnr_vs_simulator']:.1f} dB over {p['steps']} steps."]
     return "\n".join(lines) + "\n"
 
